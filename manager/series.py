@@ -1,0 +1,313 @@
+"""The series: ``patches/series.toml`` parsed into typed, validated objects (pure: no git, no I/O
+beyond reading the text it is given).
+
+A series is a pinned **base** (a vLLM ref), a **source** to get it from, and ordered **entries**.
+Each entry is one commit on top of the base: a ``patch`` (git format-patch file in ``patches/``)
+or an ``overlay`` (whole files under ``overlay/<id>/`` mirroring vLLM's tree).
+
+Example::
+
+    [series]
+    name = "gfx11-moe"
+    base = "v0.28.0"
+    source = "pypi"          # "pypi" | a git URL | a local repository path
+
+    [[entry]]
+    id = "mrope-cos-sin-cache"
+    title = "MRoPE: cache the cos/sin gather across layers"
+    area = "rotary"
+    upstream = "pending"     # or { submitted = "URL" } or { merged = "v0.20.0" }
+    checks = ["python {series_dir}/checks/mrope_cache.py"]
+    [[entry.claims]]
+    metric = "tpot"
+    direction = "lower"
+    before = 15.20
+    after = 15.11
+    unit = "ms"
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import Location, Problem, SeriesError
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:(rc|a|b|\.post|\.dev)(\d+))?$")
+DEFAULT_SOURCE = "https://github.com/vllm-project/vllm.git"
+METRICS = ("tpot", "ttft", "itl", "throughput", "gsm8k", "kernel")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Claim(_Model):
+    """What the entry's author says it changes, as stated (checked later against measurements)."""
+
+    metric: str = Field(description="tpot | ttft | itl | throughput | gsm8k | kernel:NAME")
+    direction: Literal["lower", "higher", "same"] = "lower"
+    before: float | None = None
+    after: float | None = None
+    change_pct: float | None = Field(default=None, description="signed relative change in percent")
+    unit: str | None = None
+    gate: Literal["on", "off"] | None = None
+    note: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v.split(":", 1)[0] not in METRICS:
+            raise ValueError(f"unknown metric {v!r} (expected one of {', '.join(METRICS)}, kernel:NAME)")
+        return v
+
+    @property
+    def expected_pct(self) -> float | None:
+        """The claimed relative change in percent (from change_pct, or before/after)."""
+        if self.change_pct is not None:
+            return self.change_pct
+        if self.before and self.after is not None:
+            return (self.after - self.before) / self.before * 100.0
+        return None
+
+
+class Upstream(_Model):
+    state: Literal["pending", "submitted", "merged"] = "pending"
+    url: str | None = None
+    version: str | None = None
+
+    def as_toml(self) -> object:
+        if self.state == "pending":
+            return "pending"
+        if self.state == "submitted":
+            return {"submitted": self.url}
+        return {"merged": self.version}
+
+
+class Entry(_Model):
+    id: str
+    title: str
+    kind: Literal["patch", "overlay"] = "patch"
+    area: str = "misc"
+    patch: str | None = Field(default=None, description="patch file, relative to patches/ (default <id>.patch)")
+    message: str | None = Field(default=None, description="overlay only: commit message body")
+    author: str | None = Field(default=None, description="overlay only: 'Name <email>'")
+    gate: dict[str, str] = Field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
+    upstream: Upstream = Upstream()
+    checks: tuple[str, ...] = ()
+    bench: str | None = Field(default=None, description="kernel micro-benchmark command (prints JSON samples)")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not ID_RE.match(v):
+            raise ValueError(f"id {v!r} must be lower-case letters, digits, '.', '_' or '-' (at most 64)")
+        return v
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream(cls, v: object) -> object:
+        if isinstance(v, Upstream):
+            return v
+        if v in (None, "pending"):
+            return {"state": "pending"}
+        if isinstance(v, dict) and len(v) == 1:
+            (k, val), = v.items()
+            if k == "submitted":
+                return {"state": "submitted", "url": val}
+            if k == "merged":
+                if not isinstance(val, str) or not VERSION_RE.match(val):
+                    raise ValueError(f"merged version {val!r} is not a version like 'v0.20.0'")
+                return {"state": "merged", "version": val}
+        raise ValueError('upstream must be "pending", { submitted = "URL" } or { merged = "vX.Y.Z" }')
+
+    @field_validator("gate")
+    @classmethod
+    def _gate(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", k):
+                raise ValueError(f"gate variable {k!r} is not an environment variable name")
+        return {k: str(val) for k, val in v.items()}
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "Entry":
+        if self.kind == "overlay" and self.patch:
+            raise ValueError("an overlay entry has no 'patch' (its files live in overlay/<id>/)")
+        if self.kind == "patch" and (self.message or self.author):
+            raise ValueError("'message' and 'author' are for overlays (a patch carries its own)")
+        return self
+
+    @property
+    def patch_file(self) -> str:
+        return self.patch or f"{self.id}.patch"
+
+    def overlay_rel(self) -> str:
+        return self.id
+
+
+class SeriesHeader(_Model):
+    name: str = "series"
+    base: str
+    source: str = DEFAULT_SOURCE
+    package: str = "vllm"
+    author: str | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    header: SeriesHeader
+    entries: tuple[Entry, ...]
+    path: Path
+    lines: dict[str, int] = field(default_factory=dict, compare=False)  # entry id -> line of its [[entry]]
+
+    @property
+    def base(self) -> str:
+        return self.header.base
+
+    @property
+    def source(self) -> str:
+        return self.header.source
+
+    def ids(self) -> list[str]:
+        return [e.id for e in self.entries]
+
+    def get(self, entry_id: str) -> Entry:
+        for e in self.entries:
+            if e.id == entry_id:
+                return e
+        raise SeriesError([Problem(Location(self.path), f"no entry {entry_id!r} in the series")],
+                          hint=f"entries are: {', '.join(self.ids()) or '(none)'}")
+
+    def index(self, entry_id: str) -> int:
+        return self.ids().index(self.get(entry_id).id)
+
+    def upto(self, entry_id: str | None) -> tuple[Entry, ...]:
+        if entry_id is None:
+            return self.entries
+        return self.entries[: self.index(entry_id) + 1]
+
+
+def parse_version(v: str) -> tuple[int, ...] | None:
+    """'v0.28.0' -> (0, 28, 0, 9, 0); None if not a release version. Pre-releases sort before."""
+    m = VERSION_RE.match(v.strip())
+    if not m:
+        return None
+    major, minor, patch, pre, pre_n = m.groups()
+    rank = {"dev": 0, "a": 1, "b": 2, "rc": 3, None: 9, ".post": 10}[pre.lstrip(".") if pre and pre != ".post" else pre]
+    return (int(major), int(minor), int(patch or 0), rank, int(pre_n or 0))
+
+
+def merged_at_or_before(entry: Entry, base: str) -> bool:
+    """True when the entry is recorded as merged upstream in a release at or before ``base``."""
+    if entry.upstream.state != "merged" or not entry.upstream.version:
+        return False
+    mv, bv = parse_version(entry.upstream.version), parse_version(base)
+    if mv is None or bv is None:
+        return entry.upstream.version == base
+    return mv <= bv
+
+
+def _line_index(text: str) -> tuple[list[int], int | None]:
+    """Lines (1-based) of each ``[[entry]]`` header, and of the ``[series]`` table."""
+    entries, series_line = [], None
+    for i, raw in enumerate(text.splitlines(), 1):
+        s = raw.strip()
+        if re.match(r"^\[\[\s*entry\s*\]\]", s):
+            entries.append(i)
+        elif re.match(r"^\[\s*series\s*\]", s):
+            series_line = i
+    return entries, series_line
+
+
+def _key_line(text: str, start: int, end: int | None, key: str) -> int:
+    lines = text.splitlines()
+    stop = end - 1 if end else len(lines)
+    for i in range(start, stop + 1):
+        if i - 1 < len(lines) and re.match(rf"^\s*{re.escape(key)}\s*=", lines[i - 1]):
+            return i
+    return start
+
+
+def parse_series(text: str, path: Path) -> Series:
+    """Parse and validate; raise :class:`SeriesError` naming the file, line and entry of each problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = getattr(e, "lineno", 0) or int((re.search(r"line (\d+)", str(e)) or [0, 0])[1])
+        raise SeriesError([Problem(Location(path, line), f"not valid TOML: {e}")]) from None
+    entry_lines, series_line = _line_index(text)
+    problems: list[Problem] = []
+    unknown = set(doc) - {"series", "entry"}
+    for k in sorted(unknown):
+        problems.append(Problem(Location(path, _key_line(text, 1, None, k)), f"unknown top-level key {k!r}"))
+    header = None
+    if "series" not in doc:
+        problems.append(Problem(Location(path, 1), "missing [series] table (with at least base = \"vX.Y.Z\")"))
+    else:
+        try:
+            header = SeriesHeader.model_validate(doc["series"])
+        except ValidationError as e:
+            for err in e.errors():
+                key = str(err["loc"][0]) if err["loc"] else ""
+                line = _key_line(text, series_line or 1, None, key) if key else (series_line or 1)
+                problems.append(Problem(Location(path, line), f"[series] {key}: {err['msg']}"))
+    entries: list[Entry] = []
+    raw_entries = doc.get("entry", [])
+    if not isinstance(raw_entries, list):
+        problems.append(Problem(Location(path, 1), "'entry' must be an array of tables ([[entry]])"))
+        raw_entries = []
+    seen: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    for i, raw in enumerate(raw_entries):
+        start = entry_lines[i] if i < len(entry_lines) else 0
+        end = entry_lines[i + 1] if i + 1 < len(entry_lines) else None
+        eid = raw.get("id") if isinstance(raw, dict) else None
+        try:
+            entry = Entry.model_validate(raw)
+        except ValidationError as e:
+            for err in e.errors():
+                key = str(err["loc"][0]) if err["loc"] else ""
+                line = _key_line(text, start, end, key) if key and start else start
+                loc = ".".join(str(x) for x in err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(Problem(Location(path, line, eid if isinstance(eid, str) else f"#{i + 1}"), f"{loc}: {msg}"))
+            continue
+        if entry.id in seen:
+            problems.append(Problem(Location(path, start, entry.id),
+                                    f"duplicate id (first defined at line {seen[entry.id]})"))
+            continue
+        seen[entry.id] = start
+        lines[entry.id] = start
+        entries.append(entry)
+    if problems:
+        raise SeriesError(problems)
+    assert header is not None
+    return Series(header=header, entries=tuple(entries), path=path, lines=lines)
+
+
+def load_series(path: Path) -> Series:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SeriesError([Problem(Location(path), "series file not found")],
+                          hint="run `vpatch init --base vX.Y.Z` to start one, or pass --series PATH") from None
+    return parse_series(text, path)
+
+
+def safe_relpath(rel: str) -> str | None:
+    """Why ``rel`` may not be written inside the workspace, or None when it is fine."""
+    if not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
+        return f"absolute path {rel!r}"
+    parts = PurePosixPath(rel).parts
+    if any(p == ".." for p in parts):
+        return f"path {rel!r} leaves the tree ('..')"
+    if parts and parts[0] == ".git" or ".git" in parts:
+        return f"path {rel!r} writes into .git"
+    return None
