@@ -54,7 +54,7 @@ def progress(description: str, total: int | None = None) -> Iterator["Step"]:
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
         console=stderr,
-        transient=False,
+        transient=total is None,
         disable=_state["quiet"],
     )
     with prog:

@@ -1,0 +1,19 @@
+"""vpatch abort: undo the operation in progress."""
+from __future__ import annotations
+
+import click
+
+from .. import output
+from ..apply import abort_op
+from ..errors import CommandResult
+from ..main import run_command
+from ..workspace import Workspace
+from ._common import pass_ctx
+
+
+@click.command("abort")
+@pass_ctx
+def command(ctx):
+    """Restore the branch, HEAD, index and work tree of before the operation (also after a crash)."""
+    run_command(ctx, lambda c: CommandResult(abort_op(Workspace(c.workspace))),
+                render=lambda d: output.say(f"aborted {d['aborted']}: back on {d['branch'] or 'detached HEAD'} at {d['head'][:10]}"))

@@ -1,0 +1,105 @@
+"""`vpatch lint`: the series file and every entry's files, checked before anything touches git.
+
+Parsing errors come from :mod:`series`; this adds what needs the file system: patch files exist and
+are format-patch files whose paths stay inside the tree, overlay folders hold plain files only,
+nothing in ``patches/`` or ``overlay/`` is left unreferenced.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import Location, Problem, SeriesError
+from .series import Series, load_series, safe_relpath
+
+DIFF_PATH_RE = re.compile(r"^(?:diff --git a/(\S+) b/(\S+)|--- (?:a/)?(\S+)|\+\+\+ (?:b/)?(\S+)|rename (?:from|to) (\S+)|copy (?:from|to) (\S+))")
+
+
+def patch_paths(text: str) -> list[str]:
+    paths = []
+    in_header = True
+    for line in text.splitlines():
+        if line.startswith("diff --git "):
+            in_header = False
+        if in_header:
+            continue
+        m = DIFF_PATH_RE.match(line)
+        if m:
+            for p in m.groups():
+                if p and p != "/dev/null":
+                    paths.append(p)
+    return paths
+
+
+def lint_series(series: Series) -> list[Problem]:
+    problems: list[Problem] = []
+    patches_dir = series.path.resolve().parent
+    overlay_root = patches_dir.parent / "overlay"
+    used_patches, used_overlays = set(), set()
+    for e in series.entries:
+        loc = Location(series.path, series.lines.get(e.id, 0), e.id)
+        if e.kind == "patch":
+            why = safe_relpath(e.patch_file)
+            if why or "/" in e.patch_file.strip("./"):
+                problems.append(Problem(loc, f"patch file {e.patch_file!r} must be a plain name inside patches/"))
+                continue
+            f = patches_dir / e.patch_file
+            used_patches.add(f.name)
+            if f.is_symlink():
+                problems.append(Problem(loc, f"patch file {f} is a symbolic link"))
+            elif not f.exists():
+                problems.append(Problem(loc, f"patch file {f} does not exist"))
+            else:
+                text = f.read_text(errors="replace")
+                if "diff --git " not in text:
+                    problems.append(Problem(Location(f, 1, e.id), "not a git format-patch file (no 'diff --git' section)"))
+                if not re.search(r"^Subject: ", text, re.M):
+                    problems.append(Problem(Location(f, 1, e.id), "no 'Subject:' header (make it with git format-patch)"))
+                for lineno, line in enumerate(text.splitlines(), 1):
+                    m = DIFF_PATH_RE.match(line)
+                    if not m:
+                        continue
+                    for p in m.groups():
+                        if p and p != "/dev/null" and (why := safe_relpath(p)):
+                            problems.append(Problem(Location(f, lineno, e.id), why))
+                for lineno, line in enumerate(text.splitlines(), 1):
+                    if re.match(r"^(new file mode|new mode|index \S+ )120000", line):
+                        problems.append(Problem(Location(f, lineno, e.id), "the patch creates a symbolic link"))
+        else:
+            d = overlay_root / e.id
+            used_overlays.add(e.id)
+            if d.is_symlink() or not d.is_dir():
+                problems.append(Problem(loc, f"overlay folder {d} does not exist"))
+                continue
+            count = 0
+            for p in sorted(d.rglob("*")):
+                rel = p.relative_to(d).as_posix()
+                if p.is_symlink():
+                    problems.append(Problem(Location(p, 0, e.id), "symbolic link in an overlay (only plain files are laid down)"))
+                elif p.is_file():
+                    count += 1
+                    if why := safe_relpath(rel):
+                        problems.append(Problem(Location(p, 0, e.id), why))
+            if count == 0:
+                problems.append(Problem(loc, f"overlay folder {d} holds no files"))
+        for c in e.checks:
+            if not c.strip():
+                problems.append(Problem(loc, "empty check command"))
+    if patches_dir.exists():
+        for f in sorted(patches_dir.glob("*.patch")):
+            if f.name not in used_patches:
+                problems.append(Problem(Location(f), "patch file not referenced by any entry", "warning"))
+    if overlay_root.exists():
+        for d in sorted(overlay_root.iterdir()):
+            if d.is_dir() and d.name not in used_overlays:
+                problems.append(Problem(Location(d), "overlay folder not referenced by any entry", "warning"))
+    return problems
+
+
+def load_checked(path: Path) -> Series:
+    """Load the series and refuse it if lint finds errors (warnings pass)."""
+    series = load_series(path)
+    errors = [p for p in lint_series(series) if p.severity == "error"]
+    if errors:
+        raise SeriesError(errors)
+    return series

@@ -1,0 +1,66 @@
+"""Does an applied commit still hold exactly what its entry says? (content, not text)
+
+A patch entry is compared by ``git patch-id --stable`` (whitespace- and line-number-insensitive) of the
+commit's diff against the patch file's diff, plus its message; an overlay by the blobs of its files.
+Together with the ``Vpatch-Digest`` trailer this tells apart "edited in the workspace" (refresh saves it)
+from "entry changed on disk since it was applied" (re-apply picks it up).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .entries import parse_patch
+from .series import Entry
+from .workspace import AppliedCommit, Workspace, entry_digest, overlay_files
+
+
+def _strip_trailers(ws: Workspace, message: str) -> str:
+    lines = [line for line in message.rstrip("\n").splitlines()
+             if not line.startswith(("Vpatch-Entry:", "Vpatch-Digest:"))]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def commit_matches_entry(ws: Workspace, c: AppliedCommit, entry: Entry, patches_dir: Path, overlay_root: Path) -> bool:
+    g = ws.git
+    if entry.kind == "patch":
+        f = patches_dir / entry.patch_file
+        if not f.exists():
+            return False
+        info = parse_patch(f, g)
+        diff = g.run("diff-tree", "-p", "--no-renames", "--full-index", f"{c.sha}^", c.sha, strip=False).out
+        same_content = g.patch_id(diff) == g.patch_id(info.diff)
+        msg = g.commit_fields(c.sha)["message"]
+        return same_content and _strip_trailers(ws, msg).strip() == info.message.strip()
+    files = dict(overlay_files(overlay_root, entry))
+    changed = {p for _, p in g.changed_files(c.sha)}
+    if changed != set(files):
+        return False
+    for rel, src in files.items():
+        blob = g.run("rev-parse", f"{c.sha}:{rel}", check=False).out
+        if blob != g.run("hash-object", str(src)).out:
+            return False
+    return True
+
+
+def sync_state(ws: Workspace, c: AppliedCommit, entry: Entry, patches_dir: Path, overlay_root: Path) -> str:
+    """``in-sync`` | ``edited`` (commit differs, entry unchanged: refresh) | ``stale`` (entry changed since
+    apply: re-apply) | ``diverged`` (both changed)."""
+    try:
+        digest_now = entry_digest(entry, patches_dir, overlay_root)
+    except FileNotFoundError:
+        return "missing-entry-files"
+    if commit_matches_entry(ws, c, entry, patches_dir, overlay_root):
+        return "in-sync"
+    return "edited" if c.digest == digest_now else ("stale" if _unchanged_since_apply(ws, c) else "diverged")
+
+
+def _unchanged_since_apply(ws: Workspace, c: AppliedCommit) -> bool:
+    # the commit still is what vpatch made if its trailer digest and content are untouched by hand;
+    # without a record of the applied commit we cannot tell, so report it as stale (re-apply is safe:
+    # `apply --reset` keeps the old branch as a backup)
+    return True
+
+
+def digest_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
