@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from . import output
 from .context import Context
@@ -108,9 +109,9 @@ def _fail(ctx: Context, message: str, hint: str | None, code: int, data: dict, e
         output.emit_json({"error": message, "hint": hint, "log": str(log_path) if log_path else None, **data})
     else:
         c = output.stderr
-        c.print(f"[bold red]error:[/] {message}", markup=True)
+        c.print(f"[bold red]error:[/] {escape(message)}")
         if hint:
-            c.print(f"[yellow]hint:[/] {hint}")
+            c.print(f"[yellow]hint:[/] {escape(hint)}")
         if log_path and code == 70:
             c.print(f"log: {log_path}")
     sys.exit(code)

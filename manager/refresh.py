@@ -34,10 +34,17 @@ def reorder(series_ids: list[str], ws_ids: list[str]) -> list[str]:
             groups.setdefault(sid, [])
         else:
             groups.setdefault(anchor, []).append(sid)
+    known = set(series_ids)
     result = list(groups[None])
+    deferred: list[str] = []
     for wid in ws_ids:
+        if wid not in known:  # a new entry goes right after the workspace commit it follows
+            result.append(wid)
+            continue
+        result.extend(deferred)
         result.append(wid)
-        result.extend(groups.get(wid, []))
+        deferred = groups.get(wid, [])
+    result.extend(deferred)
     return result
 
 
@@ -149,7 +156,7 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
                             del t["message"]
         old_order = [t["id"] for t in aot]
         ws_ids = [c.entry_id for c in applied]
-        new_order = reorder(old_order + [a for a in added if a not in old_order], ws_ids)
+        new_order = reorder(old_order, ws_ids)
         if new_order != old_order:
             new_aot = tomlkit.aot()
             for i in new_order:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from rich.markup import escape
+
 from .. import output
 from ..errors import CommandResult, SeriesError
 from ..lint import lint_series
@@ -32,7 +34,7 @@ def command(ctx):
         for p in d["problems"]:
             loc = p["file"] + (f":{p['line']}" if p["line"] else "") + (f" [entry {p['entry']}]" if p["entry"] else "")
             color = "red" if p["severity"] == "error" else "yellow"
-            output.say(f"{loc}: [{color}]{p['severity']}[/]: {p['message']}")
+            output.say(f"{escape(loc)}: [{color}]{p['severity']}[/]: {escape(p['message'])}")
         if d["ok"]:
             output.say(f"[green]ok[/]: {d['series']} ({d['entries']} entries)")
 
