@@ -1,0 +1,107 @@
+"""Apply the series onto vLLM v0.28.0 with vpatch vs `git am -3` of the same patches on the same tree.
+
+Run on demand:  python benchmarks/bench_apply.py [--synthetic N] [--repeats R]
+
+Both sides start from the same fresh clone of the cached release repo (pypi source) at v0.28.0
+with the work tree checked out, and apply the same patch files (the shipped series' patch entries
+not merged at the base, plus N synthetic one-line edits of real vLLM files). vpatch does more per entry
+(reverse-apply probe only on failure, trailers, a state file written after every entry for
+abort/continue after a crash), so the ratio says what that safety costs. Prints one table and the
+ratio vpatch/git-am from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def sh(*args, cwd=None, env=None):
+    r = subprocess.run(list(args), cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:4])} failed: {r.stderr[-500:]}")
+    return r.stdout.strip()
+
+
+def synthetic_patches(repo: Path, tmp: Path, n: int) -> list[Path]:
+    work = tmp / "synth"
+    sh("git", "clone", "-q", str(repo), str(work))
+    sh("git", "checkout", "-q", "-b", "synth", "v0.28.0", cwd=work)
+    files = sh("git", "ls-files", "vllm/model_executor/layers", cwd=work).splitlines()
+    files = [f for f in files if f.endswith(".py")][: n]
+    out = []
+    for i, f in enumerate(files):
+        p = work / f
+        p.write_text(p.read_text() + f"\n# vpatch bench edit {i}\n")
+        sh("git", "commit", "-q", "-am", f"bench: edit {f}", cwd=work,
+           env={"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"})
+        pf = tmp / f"synth-{i:03d}.patch"
+        pf.write_text(sh("git", "format-patch", "-1", "--stdout", "--zero-commit", "HEAD", cwd=work) + "\n")
+        out.append(pf)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--synthetic", type=int, default=20, help="extra one-line patches on real files (default 20)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from vpatch.manager.lint import load_checked
+    from vpatch.manager.series import merged_at_or_before
+    from vpatch.manager.sources import resolve_source
+
+    series = load_checked(ROOT / "patches" / "series.toml")
+    src = resolve_source("pypi")
+    src.ensure(series.base)
+    with tempfile.TemporaryDirectory(prefix="bench-apply-") as t:
+        tmp = Path(t)
+        patches = [ROOT / "patches" / e.patch_file for e in series.entries
+                   if e.kind == "patch" and not merged_at_or_before(e, series.base)]
+        patches += synthetic_patches(src.repo(), tmp, args.synthetic)
+        fork = tmp / "fork"
+        (fork / "patches").mkdir(parents=True)
+        lines = [f'[series]\nbase = "{series.base}"\nsource = "pypi"\n']
+        for i, p in enumerate(patches):
+            shutil.copy(p, fork / "patches" / f"p{i:03d}.patch")
+            lines.append(f'[[entry]]\nid = "p{i:03d}"\ntitle = "{p.stem}"\n')
+        (fork / "patches" / "series.toml").write_text("\n".join(lines))
+        base_clone = tmp / "base"
+        sh("git", "clone", "-q", str(src.repo()), str(base_clone))
+        sh("git", "checkout", "-q", "--detach", "v0.28.0", cwd=base_clone)
+        vp_times, am_times = [], []
+        for r in range(args.repeats):
+            for side in ("vpatch", "git-am") if r % 2 == 0 else ("git-am", "vpatch"):
+                ws = tmp / f"ws-{side}-{r}"
+                sh("cp", "-a", str(base_clone), str(ws))
+                if side == "vpatch":
+                    sh("git", "-C", str(ws), "checkout", "-q", "-b", "vpatch/v0.28.0")
+                    t0 = time.perf_counter()
+                    sh(sys.executable, "-m", "vpatch.manager.main", "-q", "--workspace", str(ws), "apply", cwd=fork,
+                       env={"VPATCH_CACHE": os.environ.get("VPATCH_CACHE", "")} if os.environ.get("VPATCH_CACHE") else None)
+                    vp_times.append(time.perf_counter() - t0)
+                else:
+                    t0 = time.perf_counter()
+                    sh("git", "am", "-q", "-3", *[str(fork / "patches" / f"p{i:03d}.patch") for i in range(len(patches))],
+                       cwd=ws, env={"GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"})
+                    am_times.append(time.perf_counter() - t0)
+                shutil.rmtree(ws)
+        mv, ma = statistics.median(vp_times), statistics.median(am_times)
+        print(f"patches: {len(patches)} onto vLLM {series.base} (8.5k files), {args.repeats} repeats, medians")
+        print(f"{'tool':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'per entry ms':>14}")
+        for name, ts in (("vpatch", vp_times), ("git am -3", am_times)):
+            print(f"{name:<10}{statistics.median(ts):>10.2f}{min(ts):>9.2f}{max(ts):>9.2f}"
+                  f"{statistics.median(ts) / len(patches) * 1000:>14.0f}")
+        print(f"ratio vpatch/git-am: {mv / ma:.2f}")
+
+
+if __name__ == "__main__":
+    main()
