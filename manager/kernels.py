@@ -415,11 +415,31 @@ def check_kernels(tree: Path, out_dir: Path, *, hip_archs=("gfx1100", "gfx1151")
                 report.builds.append(KernelBuild(unit.name, arch, "hip", "skipped", reason=HIPCC_HINT))
             else:
                 report.builds.append(build_hip(tree, out_dir, unit, arch, hipcc, major))
-    for variant in TRITON_VARIANTS:
-        for arch in triton_archs:
-            report.builds.append(build_triton(tree, out_dir, variant, arch))
+    if triton_archs:
+        report.builds += _triton_in_child(tree, out_dir, tuple(triton_archs))
     (out_dir / "report.json").write_text(report.to_json())
     return report
+
+
+def _triton_in_child(tree: Path, out_dir: Path, archs: tuple[str, ...]) -> list[KernelBuild]:
+    """Triton AOT builds in a fresh interpreter.
+
+    @triton.jit decides at decoration time whether it is interpreted (TRITON_INTERPRET), and a
+    caller may have imported triton either way; a child process with that variable removed
+    compiles for real, and keeps Triton's memory out of the caller.
+    """
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    argv = [sys.executable, "-m", "vpatch.manager.kernels", "--triton-worker", str(tree), str(out_dir),
+            "--archs", ",".join(archs)]
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    try:
+        return [KernelBuild(**d) for d in json.loads(r.stdout.strip().splitlines()[-1])]
+    except (ValueError, IndexError, TypeError):
+        tail = _tail(r.stderr or r.stdout)
+        return [KernelBuild(v.name, a, "triton", "failed", reason=f"triton worker exited {r.returncode}",
+                            log_tail=tail) for v in TRITON_VARIANTS for a in archs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,7 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("tree", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--triton-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--archs", default="gfx1100,gfx1151", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.triton_worker:  # child of _triton_in_child: one JSON line on stdout
+        a.out_dir.mkdir(parents=True, exist_ok=True)
+        builds = [build_triton(a.tree, a.out_dir, v, arch) for v in TRITON_VARIANTS for arch in a.archs.split(",")]
+        print(json.dumps([dataclasses.asdict(b) for b in builds]))
+        return 0
     rep = check_kernels(a.tree, a.out_dir)
     print(rep.to_json() if a.json else rep.summary())
     return 0 if rep.ok else 1

@@ -447,3 +447,61 @@ def run_triton_moe_gemm(
         **cfg,
     )
     return c
+
+
+# --- a minimal patched tree for the kernel tests and the gfx11 build ---------
+
+KERNEL_ENTRIES = ("moe-int4-wvsplitk", "fused-moe-hybrid-w4a16")
+KERNEL_PATHS = ("vllm/model_executor/layers/fused_moe/fused_moe.py",
+                "vllm/model_executor/layers/fused_moe/experts/hybrid_w4a16_moe.py",
+                "csrc/rocm/moe_*")
+
+
+def build_kernel_tree(series_root, dest, base: str = "v0.28.0"):
+    """The kernel files of base + the series' kernel entries, in `dest`.
+
+    Only the files the kernels live in are materialised: the base's
+    fused_moe.py (from the PyPI release cache of ``vpatch.manager.sources``,
+    downloaded once if missing), the two patch entries applied with
+    ``git apply --include``, then the megakernel overlay laid down.
+    ``$VPATCH_VLLM_TREE`` (a fully patched tree, e.g. a workspace) is used as it
+    is when set. Raises RuntimeError with the reason when no base is reachable.
+    """
+    import io
+    import os
+    import shutil
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    given = os.environ.get("VPATCH_VLLM_TREE")
+    if given:
+        return Path(given)
+    series_root, dest = Path(series_root), Path(dest)
+    if (dest / ".vpatch-kernel-tree").exists():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        from vpatch.manager.sources import PypiSource
+
+        src = PypiSource("pypi")
+        src.ensure(base)
+        repo = src.repo()
+    except Exception as e:  # noqa: BLE001 - any failure means: no base here
+        raise RuntimeError(f"no vLLM {base} source reachable ({type(e).__name__}: {e}); "
+                           "set VPATCH_VLLM_TREE to a patched tree") from e
+    r = subprocess.run(["git", "--git-dir", str(repo), "archive", "--format=tar", base, "--", KERNEL_PATHS[0]],
+                       capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+        tf.extractall(dest, filter="data")
+    for entry in KERNEL_ENTRIES:
+        argv = ["git", "apply", *[f"--include={p}" for p in KERNEL_PATHS],
+                str(series_root / "patches" / f"{entry}.patch")]
+        p = subprocess.run(argv, cwd=dest, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{entry}.patch does not apply to {base}'s kernel files: {p.stderr.strip()}")
+    overlay = series_root / "overlay" / "moe-megakernel"
+    if overlay.is_dir():
+        shutil.copytree(overlay, dest, dirs_exist_ok=True)
+    (dest / ".vpatch-kernel-tree").write_text(base + "\n")
+    return dest
