@@ -83,7 +83,10 @@ def _synced(ws: Workspace, series: Series, applied: list[AppliedCommit], digests
 
 
 def start_apply(ctx, series: Series, *, base: str | None, source: str | None, upto: str | None,
-                reset: bool) -> dict:
+                reset: bool, op_extra: dict | None = None, prepare=None) -> dict:
+    """``op_extra`` (e.g. ``{"op": "rebase", ...}``) goes into the saved operation; ``prepare(ws, op)`` runs
+    once the workspace is on the new branch, right before the first entry (both for operations built on
+    this engine)."""
     base = base or series.base
     src = resolve_source(source or series.source, ctx.root)
     ws = Workspace(ctx.workspace)
@@ -143,10 +146,14 @@ def start_apply(ctx, series: Series, *, base: str | None, source: str | None, up
             "todo": p.todo, "done": [{"id": i, "result": "kept"} for i in p.keep], "current": None,
             "merged": p.merged, "skipped": dict(p.skipped), "backup": backup, "started": time.time(),
         }
+        op.update(op_extra or {})
         ws.save_operation(op)  # from here on, `vpatch abort` restores `orig`
         ws.record_branch(branch, base, base_commit, src.describe(), str(series.path.resolve()))
         g.run("checkout", "-q", "-f", "-B", branch, p.keep_head or base_commit)
         g.set_ref(BASE_REF, base_commit)
+        if prepare is not None:
+            prepare(ws, op)
+            ws.save_operation(op)
         return run_operation(ws, series, op)
 
 
@@ -221,6 +228,9 @@ def _finish(ws: Workspace, op: dict) -> dict:
     if resolved:
         summary["hint"] = (f"entries resolved by hand: {', '.join(resolved)}; "
                            "`vpatch refresh` writes the resolutions back into patches/")
+    if op["op"] not in FINISHERS and op.get("finisher_module"):  # e.g. `vpatch continue` after a rebase stop
+        import importlib
+        importlib.import_module(op["finisher_module"])  # registers its finisher
     finisher = FINISHERS.get(op["op"])
     if finisher:
         summary.update(finisher(ws, op) or {})
