@@ -36,13 +36,13 @@ def _to_int32(x: torch.Tensor) -> torch.Tensor:
 def _nibbles(words: torch.Tensor) -> torch.Tensor:
     """int32 [..., W] -> int64 [..., W, 8]: nibble j of each word."""
     w = words.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(8, dtype=torch.int64) * 4
+    shifts = torch.arange(8, dtype=torch.int64, device=words.device) * 4
     return (w.unsqueeze(-1) >> shifts) & 0xF
 
 
 def _pack(nib: torch.Tensor) -> torch.Tensor:
     """int64 [..., W, 8] nibbles -> int32 [..., W]."""
-    shifts = torch.arange(8, dtype=torch.int64) * 4
+    shifts = torch.arange(8, dtype=torch.int64, device=nib.device) * 4
     return _to_int32((nib.to(torch.int64) << shifts).sum(-1))
 
 
