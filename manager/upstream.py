@@ -22,6 +22,7 @@ commits re-checks only where one of those blobs changed.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
@@ -516,8 +517,10 @@ def changed_paths(g: Git, a: str, b: str, paths: list[str]) -> frozenset[str]:
 # --- `vpatch check --onto REF` ------------------------------------------------------------------------
 
 def check_series(series: Series, source, onto: str, *, base: str | None = None, progress=None,
-                 keep_tree: bool = False) -> dict:
-    """Classify every entry of ``series`` on ``onto`` (index-only). ``source``: a :class:`Source`."""
+                 then=None) -> dict:
+    """Classify every entry of ``series`` on ``onto`` (index-only). ``source``: a :class:`Source`.
+    ``then(data)``, if given, runs while the scratch repository still exists, with ``data["tree"]`` (the
+    moved series' full tree) and ``data["_repo"]`` (the repository holding it)."""
     base = base or series.base
     if progress:
         progress(f"{onto} and {base} from {source.describe()}")
@@ -540,9 +543,11 @@ def check_series(series: Series, source, onto: str, *, base: str | None = None, 
             results = checker.check(checker.state_of(onto_sha), upstream_hits=hits, ref=onto, renames=renames)
             data = {"onto": onto, "onto_commit": onto_sha, "base": base, "base_commit": base_sha,
                     "source": source.describe(), "entries": [r.as_dict() for r in results]}
-            if keep_tree:
+            if then is not None:
                 data["tree"] = materialize(g, onto_sha, checker)
-                data["_repo"] = str(source.repo())
+                data["_repo"] = str(scratch.path)
+                then(data)
+                data.pop("_repo", None)
             return data
         finally:
             checker.close()
@@ -578,22 +583,30 @@ def exit_status(entries: list[dict]) -> int:
     return 0
 
 
-def effect_checks(series: Series, data: dict) -> None:
-    """Run the entries' effect checks on the moved series (``data["tree"]``) through ``vpatch verify``; an
-    entry that applies but whose check fails becomes ``applies-but-no-effect``.
+def effect_checks(series: Series, data: dict, python: str | None = None, timeout: int = 900) -> None:
+    """Run the entries' effect checks on the moved series (``data["tree"]``); an entry that applies but
+    whose check fails becomes ``applies-but-no-effect``.
 
-    ``manager/verify.py`` is another part of vpatch; when this tree does not have it (or it has no
-    ``verify_tree(series, repo, tree, ids)`` entry point), the checks are reported as not run."""
+    Through ``vpatch verify`` (``manager/verify.py``, ``verify_tree(series, repo, tree, ids)``) when this tree
+    has it; otherwise, with ``python`` (an interpreter whose environment holds vLLM's dependencies, e.g. a
+    python-only vLLM install), each check runs with the moved tree's ``vllm/`` unpacked in a temporary
+    directory first on ``PYTHONPATH``. A check exits 0 (effect present), 1 (no effect) or 2 (could not run)."""
+    ids = [e["id"] for e in data["entries"] if e["status"] in ("clean", "3-way") and series.get(e["id"]).checks]
     try:
         from . import verify  # type: ignore[attr-defined]
     except ImportError:
         verify = None
     fn = getattr(verify, "verify_tree", None) if verify else None
-    if fn is None:
-        data["effect_checks"] = "not run: `vpatch verify` (manager/verify.py, verify_tree) is not available in this tree"
+    if fn is not None:
+        results = fn(series, Path(data["_repo"]), data["tree"], ids)  # {id: [{check, result, output}]}
+        how = "vpatch verify"
+    elif python:
+        results = _run_checks(series, Path(data["_repo"]), data["tree"], ids, python, timeout)
+        how = f"{python} with the moved tree on PYTHONPATH"
+    else:
+        data["effect_checks"] = ("not run: `vpatch verify` (manager/verify.py) is not in this tree; pass --python "
+                                 "PATH of an environment with vLLM's dependencies to run the checks directly")
         return
-    ids = [e["id"] for e in data["entries"] if e["status"] in ("clean", "3-way") and series.get(e["id"]).checks]
-    results = fn(series, Path(data["_repo"]), data["tree"], ids)  # {id: [{check, result, output}]}
     for e in data["entries"]:
         rows = results.get(e["id"])
         if rows is None:
@@ -602,4 +615,30 @@ def effect_checks(series: Series, data: dict) -> None:
         if any(r.get("result") == "fail" for r in rows):
             e["status"] = "applies-but-no-effect"
             e["detail"] = (e.get("detail") + "; " if e.get("detail") else "") + "it applies, but its effect check fails"
-    data["effect_checks"] = f"ran for {len(ids)} entries"
+        elif any(r.get("result") == "error" for r in rows):
+            e["detail"] = (e.get("detail") + "; " if e.get("detail") else "") + "its effect check could not run"
+    data["effect_checks"] = f"ran for {', '.join(ids) or 'no entries'} ({how})"
+
+
+def _run_checks(series: Series, repo: Path, tree: str, ids: list[str], python: str, timeout: int) -> dict:
+    import shlex
+
+    patches_dir = series.path.resolve().parent
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="vpatch-moved-") as tmp:
+        arch = subprocess.run(["git", "archive", tree, "vllm"], cwd=repo, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=arch, check=True)
+        env = {**os.environ, "PYTHONPATH": tmp + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
+        for eid in ids:
+            rows = []
+            for cmd in series.get(eid).checks:
+                argv = [a.format(python=python, series_dir=str(patches_dir), workspace=tmp) for a in shlex.split(cmd)]
+                try:
+                    p = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+                    rc, out = p.returncode, (p.stdout + p.stderr)
+                except (OSError, subprocess.TimeoutExpired) as ex:
+                    rc, out = 2, str(ex)
+                rows.append({"check": cmd, "rc": rc, "result": {0: "pass", 1: "fail"}.get(rc, "error"),
+                             "output": "\n".join(out.strip().splitlines()[-12:])})
+            results[eid] = rows
+    return results

@@ -127,12 +127,24 @@ def test_overlay_replacing_a_file_upstream_changed(tmp_path, upstream, vp):
     assert e["status"] == "conflict" and "replaces whole" in e["detail"]
 
 
-def test_checks_flag_without_verify_is_reported(tmp_path, upstream, vp):
+def test_effect_checks_applies_but_no_effect(tmp_path, upstream, vp):
+    import sys
+
     s = _series(tmp_path, upstream)
-    s.add_patch("one", make_patch(upstream, {"src/a.py": lines(30, "a").replace("a 5\n", "a 5 x\n")}, "x"),
-                extra='checks = ["true"]\n')
+    (upstream.path / "vllm").mkdir()
+    upstream.write("vllm/mod.py", "X = 1\n")
+    upstream.commit("pkg", tag="v1.0.1")
+    s = _series(tmp_path / "2", upstream, "v1.0.1")
+    s.add_patch("works", make_patch(upstream, {"vllm/mod.py": "X = 1\nFAST = True\n"}, "fast"),
+                extra='checks = ["{python} -c \'import vllm.mod, sys; sys.exit(0 if vllm.mod.FAST else 1)\'"]\n')
+    s.add_patch("lost", make_patch(upstream, {"src/a.py": lines(30, "a").replace("a 5\n", "a 5 x\n")}, "x"),
+                extra='checks = ["{python} -c \'import vllm.mod, sys; sys.exit(0 if hasattr(vllm.mod, \\"Y\\") else 1)\'"]\n')
     upstream.write("README", "r2\n")
     upstream.commit("up", tag="v1.1.0")
     r = vp(s.root, "--json", "check", "--onto", "v1.1.0", "--checks")
-    assert r.rc in (0, 1), r.err
-    assert "effect_checks" in r.json
+    assert r.rc == 0 and "not run" in r.json["effect_checks"]  # no verify, no --python: said so
+    r = vp(s.root, "--json", "check", "--onto", "v1.1.0", "--checks", "--python", sys.executable)
+    assert r.rc == 1, r.err
+    d = by_id(r.json)
+    assert d["works"]["status"] == "clean" and d["works"]["checks"][0]["result"] == "pass"
+    assert d["lost"]["status"] == "applies-but-no-effect" and d["lost"]["checks"][0]["result"] == "fail"

@@ -51,8 +51,11 @@ def render(d: dict) -> None:
 @click.option("--checks/--no-checks", default=False, show_default=True,
               help="Also run the entries' effect checks (`vpatch verify`) on the moved series "
                    "(needs a python-only vLLM install: slow, so off by default).")
+@click.option("--python", "python", metavar="PATH",
+              help="With --checks and no `vpatch verify` in this tree: the python (of an environment with vLLM's "
+                   "dependencies) to run the checks with, the moved tree first on PYTHONPATH.")
 @pass_ctx
-def command(ctx, onto, source, base, checks):
+def command(ctx, onto, source, base, checks, python):
     """Classify every entry on REF without touching any checkout: clean | 3-way | conflict (files, hunks) |
     already-upstream (how: patch-id, reverse-apply, 3-way-noop, content, declared) | obsolete, applied
     cumulatively in series order on REF's tree; with --checks, entries that apply but whose effect check
@@ -68,13 +71,11 @@ def command(ctx, onto, source, base, checks):
             series = load_series(ctx.series_path)  # entries with missing files are reported, not refused
             src = resolve_source(source or series.source, ctx.root)
             with output.progress(f"checking {len(series.entries)} entries on {onto}") as step:
-                data = check_series(series, src, onto, base=base, progress=step.detail, keep_tree=checks)
+                then = (lambda d: effect_checks(series, d, python=python)) if checks else None
+                data = check_series(series, src, onto, base=base, progress=step.detail, then=then)
         except VpatchError as e:
             e.exit_code = max(e.exit_code, 2)
             raise
-        if checks:
-            effect_checks(series, data)
-        data.pop("_repo", None)
         data["summary"] = summarize(data["entries"])
         data["exit_status"] = exit_status(data["entries"])
         return CommandResult(data, exit_code=data["exit_status"])
