@@ -44,6 +44,10 @@ class FilterResult:
     stderr: float | None
     n: int
 
+    @property
+    def value(self) -> float:
+        return self.exact_match
+
 
 @dataclass
 class Gsm8kResult:
