@@ -12,14 +12,7 @@ from pathlib import Path
 
 import pytest
 
-# @triton.jit (triton's own tl.* helpers included) picks the interpreter when it decorates,
-# so TRITON_INTERPRET must be on before triton is first imported in this process.
-_TRITON_PREIMPORTED = "triton" in sys.modules
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-
 torch = pytest.importorskip("torch")
-triton = pytest.importorskip("triton")
 
 from vpatch.validation import w4a16_ref as R  # noqa: E402
 
@@ -56,20 +49,27 @@ def kern(tmp_path_factory):
         tree = R.build_kernel_tree(REPO, tmp_path_factory.mktemp("kernel-tree"))
     except RuntimeError as e:
         pytest.skip(str(e))
-    if _TRITON_PREIMPORTED and type(triton.language.interleave).__name__ != "InterpretedFunction":
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run this module in its "
-                    "own process: TRITON_INTERPRET=1 pytest tests/test_w4a16_triton.py")
-    _fix_interpreter_bf16_dot()
+    # @triton.jit (triton's own tl.* helpers included) picks the interpreter when it decorates,
+    # so TRITON_INTERPRET must be on before triton is first imported in this process.
+    preimported = "triton" in sys.modules
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
     try:
+        triton = pytest.importorskip("triton")
+        if preimported and type(triton.language.interleave).__name__ != "InterpretedFunction":
+            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run this module in "
+                        "its own process: pytest tests/test_w4a16_triton.py")
+        _fix_interpreter_bf16_dot()
         yield R.load_triton_kernels(tree / R.KERNEL_PATHS[0])
     finally:  # leave the variable as it was for the rest of the session
-        if _SAVED_INTERPRET is None:
+        if saved is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
-            os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def test_unshuffle_helper(kern):
+    import triton
     import triton.language as tl
 
     global _unshuffle
