@@ -774,7 +774,9 @@ def _run_empty(slot: Slot, plan: Plan, cfg: BuildConfig, python: str, log, step,
 
 # --- kernels -------------------------------------------------------------------------------------------
 
-KERNEL_PATHS = ["csrc/**", "vllm/model_executor/layers/fused_moe/fused_moe.py"]
+# What manager/kernels.py compiles: torch-free device headers (and the headers they include) and the
+# Triton kernels cut out of fused_moe.py; .cu/.cpp files (torch bindings) are not part of that build.
+KERNEL_PATHS = ["csrc/**/*.cuh", "csrc/**/*.h", "csrc/**/*.hpp", "vllm/model_executor/layers/fused_moe/fused_moe.py"]
 
 
 def kernels_dir(ctx, tree: str) -> Path:
