@@ -43,7 +43,7 @@ def _body(ctx, store_path, drift_path, base, html, markdown, junit, title, no_fa
         except (OSError, ValueError) as e:
             raise VpatchError(f"{drift_path}: cannot read the drift result: {e}",
                               "pass the JSON written by `vpatch check --json`, `vpatch drift --json` or `vpatch nightly --json`")
-    path = Path(store_path) if store_path else ctx.state_dir / "results.db"
+    path = Path(store_path) if store_path else ctx.state_dir / "results.sqlite"
     store = open_store(path, create=False)
     try:
         report = rp.build_report(series, store, drift=drift, base=base).as_dict()
@@ -94,7 +94,7 @@ def render(d: dict) -> None:
 
 @click.command("report")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
-              help="Results store [default: .vpatch/results.db beside patches/].")
+              help="Results store [default: .vpatch/results.sqlite beside patches/].")
 @click.option("--drift", "drift_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON from `vpatch check --json`, `drift --json` or `nightly --json`: drift per entry, upstream range.")
 @click.option("--base", default=None, help="Report results measured on this base [default: the newest in the store].")
