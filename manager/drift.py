@@ -193,7 +193,7 @@ class Scan:
         self.entries = tuple(e for e in series.entries if not merged_at_or_before(e, name))
         self.declared = [e.id for e in series.entries if merged_at_or_before(e, name)]
         self.diffs = load_entry_diffs(series, g, self.entries)
-        self.checker = Checker(g, self.diffs)
+        self.checker = Checker(g, self.diffs, detail=False)
         self.memo = memo
         ids = upstream_patch_ids(g, f"{frm}..{to}", self.diffs)
         hits = first_hits(ids, self.diffs)

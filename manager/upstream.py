@@ -255,8 +255,9 @@ State = tuple[tuple[str, str, str], ...]  # ((path, mode, blob), ...) of the ser
 class Checker:
     """Index-only classification of a series' entries on any tree of ``git``'s object store."""
 
-    def __init__(self, git: Git, diffs: list[EntryDiff], base: str | None = None):
+    def __init__(self, git: Git, diffs: list[EntryDiff], base: str | None = None, detail: bool = True):
         self.git = git
+        self.detail = detail  # per-hunk states and conflict regions (a few processes per hunk): off for scans
         self.diffs = diffs
         self.base = base  # the series' base: entries declared merged at or before a ref are compared to it
         self.paths = sorted({p for d in diffs for p in d.paths})
@@ -265,6 +266,7 @@ class Checker:
         self.env = {"GIT_INDEX_FILE": str(self.index)}
         self._files: dict[str, Path] = {}
         self.memo: dict[tuple, list[EntryResult]] = {}
+        self._left: dict[str, str] = {}  # path -> earlier entry left out of the stack (conflict, ...)
         self.runs = 0  # checks actually run (not memoised)
 
     def close(self) -> None:
@@ -327,7 +329,13 @@ class Checker:
             return self.memo[key]
         self.runs += 1
         self._load(state)
-        results = [self._classify(d, hits, ref, renames or {}) for d in self.diffs]
+        results, self._left = [], {}
+        for d in self.diffs:
+            r = self._classify(d, hits, ref, renames or {})
+            if r.status in ("conflict", "obsolete", "error"):
+                for p in d.paths:  # later entries on these files are checked without this one
+                    self._left.setdefault(p, d.id)
+            results.append(r)
         self.memo[key] = results
         return results
 
@@ -355,7 +363,8 @@ class Checker:
         if self._git("apply", "--cached", "--whitespace=nowarn", diff_file).ok:
             return r
         present = self._ls()
-        missing = [p for p in d.preimage_paths if p not in present]
+        deps = sorted({self._left[p] for p in d.paths if p in self._left})
+        missing = [p for p in d.preimage_paths if p not in present and p not in self._left]
         if missing and len(missing) == len(d.preimage_paths):
             r.status = "obsolete"
             moved = [f"{p} -> {renames[p]}" for p in missing if p in renames]
@@ -381,14 +390,20 @@ class Checker:
         # a conflict: report it, and leave the entry out of the stack for the entries after it
         r.status = "conflict"
         if unmerged:
-            r.conflicts = [self._regions(p) for p in sorted(unmerged)]
+            if self.detail:
+                r.conflicts = [self._regions(p) for p in sorted(unmerged)]
             r.detail = "3-way merge conflicts in " + ", ".join(sorted(unmerged))
         else:
             why = (three.err.splitlines() or ["?"])[-1]
             r.detail = f"does not apply and no 3-way merge is possible ({why})"
         if missing:
             r.detail += "; files gone upstream: " + ", ".join(missing)
+        if deps:
+            r.detail += f"; it builds on {', '.join(deps)}, left out above (checked without it)"
         self.index.write_bytes(before)
+        if not self.detail:
+            r.files = sorted(unmerged) or d.paths
+            return r
         r.hunks = self._hunks(d)
         r.files = sorted({h["file"] for h in r.hunks if h["state"] != "applies"} | set(unmerged)) or d.paths
         return r
