@@ -346,3 +346,10 @@ def test_cli_writes_all_three(built, tmp_path, vp):
     assert "`moe-int4`" in res.out
     res = vp(root, "report", "--store", str(tmp_path / "missing.db"))
     assert res.rc != 0 and "no results store" in res.err
+    # no store yet but a drift result (the nightly stopped at `check`): the drift alone is reported
+    drift = {"onto": "v0.30.0", "base": "v0.28.0", "entries": [{"id": "mrope-cache", "status": "conflict"}]}
+    (root / "check.json").write_text(json.dumps(drift))
+    res = vp(root, "--json", "report", "--store", str(tmp_path / "missing.db"), "--drift", "check.json",
+             "--markdown", "out/d.md")
+    assert res.rc == 2, res.err  # drift needs a human
+    assert "conflict" in (root / "out" / "d.md").read_text() and res.json["notes"][0].startswith("no results store")

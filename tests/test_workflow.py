@@ -101,7 +101,7 @@ def test_jobs_run_on_gfx11_self_hosted_runners():
 def test_prepare_checks_and_rebases_and_stops_on_drift():
     job = _load()["jobs"]["prepare"]
     runs = _runs(job)
-    assert re.search(r"vpatch --json nightly --upstream \"\$UPSTREAM\" --stage prepare", runs)
+    assert 'vpatch --json check --onto "$UPSTREAM"' in runs
     assert {"upstream", "shards", "total", "status"} <= set(job["outputs"])
     assert _uses(job, "actions/upload-artifact")  # the drift report reaches the finish job
     val = _load()["jobs"]["validate"]
@@ -114,7 +114,7 @@ def test_matrix_shards_prefixes_and_uploads_each_store():
     assert job["strategy"]["fail-fast"] is False
     assert "fromJSON(needs.prepare.outputs.shards)" in str(job["strategy"]["matrix"]["shard"])
     runs = _runs(job)
-    assert "--shard \"$SHARD\"" in runs
+    assert 'vpatch --json nightly --upstream "$UPSTREAM" --shard "$SHARD"' in runs
     shard_env = next(s for s in _steps(job) if "--shard" in s.get("run", ""))["env"]["SHARD"]
     assert shard_env == "${{ matrix.shard }}/${{ needs.prepare.outputs.total }}"
     assert "vpatch results export" in runs
@@ -129,10 +129,11 @@ def test_finish_merges_compares_bisects_and_publishes():
     down = [s for s in _uses(job, "actions/download-artifact") if s["with"].get("pattern")]
     assert down and down[0]["with"]["pattern"] == "results-shard-*" and down[0]["with"]["merge-multiple"] is True
     runs = _runs(job)
-    order = [runs.index(x) for x in ("vpatch results merge", "--stage finish", "vpatch report")]
+    order = [runs.index(x) for x in ("vpatch results merge", "vpatch --json nightly", "vpatch report")]
     assert order == sorted(order)
     assert "GITHUB_STEP_SUMMARY" in runs and "--junit" in runs and "--html" in runs and "--markdown" in runs
-    assert _uses(job, "actions/cache/save")
+    save = _uses(job, "actions/cache/save")
+    assert save and "VPATCH_STORE" in save[0]["with"]["path"] and "VPATCH_HISTORY" in save[0]["with"]["path"]
     up = _uses(job, "actions/upload-artifact")
     assert up and up[0]["with"]["path"] == "report/" and up[0]["if"] == "always()"
     assert "exit" in _steps(job)[-1]["run"]  # the run fails when the nightly found something
@@ -144,7 +145,7 @@ def _click_options(cmd) -> set[str]:
 
 def test_workflow_calls_the_cli_that_exists():
     """Every vpatch option the workflow passes is one the CLI accepts (nightly: once it exists)."""
-    from vpatch.manager.commands import report, results
+    from vpatch.manager.commands import check, report, results
 
     runs = "\n".join(_runs(j) for j in _load()["jobs"].values())
     used = re.findall(r"vpatch report[^\n]*(?:\\\n[^\n]*)*", runs)
@@ -153,12 +154,15 @@ def test_workflow_calls_the_cli_that_exists():
         assert opt in _click_options(report.command), opt
     assert "--store" in _click_options(results.command.commands["merge"])
     assert "--store" in _click_options(results.command.commands["export"])
+    assert "--onto" in _click_options(check.command)
     if not (REPO / "manager" / "commands" / "nightly.py").exists():
         pytest.skip("vpatch nightly does not exist yet: its options are not checked")
     from vpatch.manager.commands import nightly
 
     opts = _click_options(nightly.command)
-    for opt in set(re.findall(r"vpatch --json nightly[^\n]*", runs)):
+    calls = set(re.findall(r"vpatch --json nightly[^\n]*", runs))
+    assert calls
+    for opt in calls:
         for o in re.findall(r"(--[a-z-]+)", opt.split("nightly", 1)[1]):
             assert o in opts, o
 

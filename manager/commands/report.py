@@ -44,11 +44,15 @@ def _body(ctx, store_path, drift_path, base, html, markdown, junit, title, no_fa
             raise VpatchError(f"{drift_path}: cannot read the drift result: {e}",
                               "pass the JSON written by `vpatch check --json`, `vpatch drift --json` or `vpatch nightly --json`")
     path = Path(store_path) if store_path else ctx.state_dir / "results.sqlite"
-    store = open_store(path, create=False)
-    try:
-        report = rp.build_report(series, store, drift=drift, base=base).as_dict()
-    finally:
-        store.close()
+    if not path.exists() and drift is not None:
+        # nothing measured yet (e.g. the nightly stopped at drift): report the drift alone
+        report = rp.build_report(series, None, drift=drift, base=base).as_dict()
+    else:
+        store = open_store(path, create=False)
+        try:
+            report = rp.build_report(series, store, drift=drift, base=base).as_dict()
+        finally:
+            store.close()
     written = {}
     if html:
         from vpatch.validation import report_html
