@@ -1,0 +1,236 @@
+"""The pure bisect search: exact and noisy oracles, resume from JSON, skips, budgets, the posterior."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpatch.validation.bisect import (
+    Bisector,
+    Budget,
+    DifferentialOracle,
+    ProbeFailed,
+    binary_search,
+    fixed_median_bisect,
+    pinpoint_bisect,
+    run_bisect,
+)
+from vpatch.validation.simulate import ExactOracle, NoiseModel, SimOracle, run_trial, vpatch_strategy
+
+
+class FailingExact(ExactOracle):
+    def __init__(self, n_entries: int, culprit: int, fail: set[int]) -> None:
+        super().__init__(n_entries, culprit)
+        self.fail = fail
+
+    def measure(self, position: int, n_runs: int) -> list[float]:
+        if position in self.fail:
+            raise ProbeFailed(f"entry {position} does not apply")
+        return super().measure(position, n_runs)
+
+
+def _probes(result) -> list[int]:
+    return [s.position for s in result.steps if s.purpose == "probe"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 16, 24])
+def test_noise_free_finds_exact_culprit_in_log2_probes(n: int) -> None:
+    for c in range(1, n + 1):
+        res = run_bisect(Bisector(n + 1), ExactOracle(n, c))
+        assert res.status == "found", (n, c, res.reason)
+        assert res.culprit == c
+        assert len(_probes(res)) <= math.ceil(math.log2(n)), (n, c, _probes(res))
+        assert res.probability >= 0.95
+        assert res.shift_pct == pytest.approx(100 * (14.1 / 13.7 - 1), abs=0.15)
+
+
+def test_noise_free_throughput_metric_going_down_also_works() -> None:
+    # direction-agnostic: "bad" may be lower (throughput) as well as higher (latency)
+    res = run_bisect(Bisector(17), ExactOracle(16, 5, good=100.0, bad=97.0))
+    assert res.culprit == 5 and res.shift_pct < 0
+
+
+def test_differential_oracle_finds_entry_that_broke_after_rebase() -> None:
+    # entries make things faster (levels go down), the new base adds +1.5 % from entry 11 on
+    n, c = 20, 11
+    old = [14.0 * (0.99**k) for k in range(n + 1)]
+    base_shift = 0.995  # the new base itself is a bit faster everywhere: absorbed by mu
+
+    def measure_new(k: int, runs: int) -> list[float]:
+        return [old[k] * base_shift * (1.015 if k >= c else 1.0)] * runs
+
+    oracle = DifferentialOracle(measure_new, old)
+    res = run_bisect(Bisector(n + 1), oracle)
+    assert res.culprit == c
+    assert res.shift_pct == pytest.approx(1.5, abs=0.05)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_noisy_seeded_oracle_finds_culprit(seed: int) -> None:
+    model = NoiseModel(n_entries=16, shift_pct=1.0, run_sd_pct=0.5, boot_sd_pct=0.3, walk_sd_pct=0.1)
+    oracle = SimOracle(model, np.random.default_rng(100 + seed))
+    res = run_bisect(Bisector(17, budget=Budget(max_runs=600)), oracle)
+    assert res.status == "found", res.reason
+    assert res.culprit == oracle.culprit
+    assert res.runs == oracle.runs and res.batches == oracle.batches
+
+
+def test_noisy_without_a_shift_says_no_shift() -> None:
+    model = NoiseModel(n_entries=16)
+    for seed in range(3):
+        oracle = SimOracle(model, np.random.default_rng(seed), culprit=None)
+        res = run_bisect(Bisector(17, budget=Budget(max_runs=600)), oracle)
+        assert res.status == "no_shift", res.describe()
+        assert res.culprit is None
+
+
+def test_json_round_trip_mid_search_resumes_to_same_culprit() -> None:
+    model = NoiseModel(n_entries=24)
+    # uninterrupted
+    o1 = SimOracle(model, np.random.default_rng(42))
+    full = run_bisect(Bisector(25), o1)
+    # killed after 7 batches, state saved as JSON, restored, continued with the same world
+    o2 = SimOracle(model, np.random.default_rng(42))
+    saved: list[str] = []
+    part = Bisector(25)
+    run_bisect(part, o2, save=saved.append, max_steps=7)
+    assert len(saved) == 7 and part.batches == 7
+    text = saved[-1]
+    json.loads(text)  # plain JSON
+    resumed = Bisector.from_json(text)
+    assert resumed.posterior() == pytest.approx(part.posterior())
+    assert resumed.to_json() == text
+    res = run_bisect(resumed, o2)
+    assert res.culprit == full.culprit == o1.culprit
+    assert [(s.position, s.n_runs) for s in res.steps] == [(s.position, s.n_runs) for s in full.steps]
+
+
+def test_from_json_rejects_foreign_state() -> None:
+    with pytest.raises(ValueError):
+        Bisector.from_json(json.dumps({"kind": "something-else", "version": 1}))
+
+
+def test_skipped_position_is_reported_and_search_goes_around_it() -> None:
+    res = run_bisect(Bisector(17), FailingExact(16, 7, fail={8}))
+    assert res.skipped == {8: "entry 8 does not apply"}
+    assert 8 not in [s.position for s in res.steps]  # a skip is recorded, not a step with samples
+    assert res.culprit == 7 and res.status == "found"
+
+
+def test_skipped_culprit_gives_ambiguous_range_not_a_guess() -> None:
+    res = run_bisect(Bisector(17), FailingExact(16, 7, fail={7}))
+    assert res.status == "ambiguous"
+    assert res.culprit is None
+    assert res.ambiguous_range == (7, 8)
+    assert 7 in res.skipped and "skipped" in res.reason
+
+
+def test_skipped_reference_stops_ambiguous() -> None:
+    res = run_bisect(Bisector(9), FailingExact(8, 3, fail={8}))
+    assert res.status == "ambiguous" and 8 in res.skipped
+
+
+def test_tiny_budget_reports_ambiguous_range() -> None:
+    model = NoiseModel(n_entries=24)
+    oracle = SimOracle(model, np.random.default_rng(3), culprit=9)
+    res = run_bisect(Bisector(25, budget=Budget(max_runs=10)), oracle)
+    assert res.status == "ambiguous" and res.culprit is None
+    assert res.runs <= 10
+    k1, k2 = res.ambiguous_range
+    assert 1 <= k1 < k2 <= 24
+    assert res.probability < 0.95
+    assert "budget" in res.reason
+
+
+def test_build_budget_only_picks_free_positions() -> None:
+    model = NoiseModel(n_entries=16)
+    oracle = SimOracle(model, np.random.default_rng(5), culprit=6,
+                       compiled=[True] + [k % 4 == 0 for k in range(1, 17)])
+    bis = Bisector(17, budget=Budget(max_builds=3, max_runs=300))
+    res = run_bisect(bis, oracle)
+    assert res.builds <= 3
+    assert oracle.builds <= 3
+
+
+def test_posterior_sums_to_one_along_a_search() -> None:
+    model = NoiseModel(n_entries=12)
+    oracle = SimOracle(model, np.random.default_rng(9))
+    bis = Bisector(13)
+    assert sum(bis.posterior()) == pytest.approx(1.0)
+    assert len(bis.posterior()) == 13
+    for _ in range(12):
+        p = bis.next_probe(oracle.build_cost)
+        if p is None:
+            break
+        bis.observe(p.position, oracle.measure(p.position, p.n_runs))
+        post = bis.posterior()
+        assert sum(post) == pytest.approx(1.0)
+        assert min(post) >= 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=20),
+    st.lists(st.tuples(st.integers(min_value=0, max_value=20),
+                       st.lists(st.floats(min_value=5.0, max_value=50.0), min_size=1, max_size=5)),
+             min_size=0, max_size=12),
+)
+def test_posterior_is_a_distribution_for_any_observations(n: int, batches) -> None:
+    bis = Bisector(n + 1)
+    for pos, samples in batches:
+        bis.observe(min(pos, n), samples)
+    post = np.array(bis.posterior())
+    assert np.all(np.isfinite(post)) and np.all(post >= 0)
+    assert post.sum() == pytest.approx(1.0)
+    res = bis.result()
+    assert res.most_likely is not None and 1 <= res.most_likely <= n
+
+
+def test_observe_validates_input() -> None:
+    bis = Bisector(5)
+    with pytest.raises(ValueError):
+        bis.observe(5, [1.0])
+    with pytest.raises(ValueError):
+        bis.observe(1, [])
+    with pytest.raises(ValueError):
+        bis.observe(1, [-1.0])
+    with pytest.raises(ValueError):
+        Bisector(1)
+
+
+def test_reference_remeasured_between_probes() -> None:
+    res = run_bisect(Bisector(49, runs_per_batch=2), SimOracle(NoiseModel(n_entries=48), np.random.default_rng(1)))
+    kinds = [s.purpose for s in res.steps]
+    # never more than ref_every (2) probes in a row without a reference in the same period
+    run = 0
+    for k in kinds:
+        run = run + 1 if k == "probe" else 0
+        assert run <= 2
+    assert all(s.n_runs == 2 for s in res.steps)
+
+
+@pytest.mark.parametrize("search", [binary_search, fixed_median_bisect, pinpoint_bisect])
+def test_baselines_exact_on_noise_free_oracle(search) -> None:
+    for c in (1, 5, 13, 16):
+        assert search(ExactOracle(16, c), 17).culprit == c
+
+
+def test_simulated_builds_count_compile_classes() -> None:
+    # entries 1..4: compiled, python, python, compiled -> classes 0,1,1,1,4
+    o = SimOracle(NoiseModel(n_entries=4), np.random.default_rng(0), culprit=2,
+                  compiled=[True, True, False, False, True])
+    assert o.build_cost(3) == 1.0
+    o.measure(2, 1)
+    assert o.build_cost(3) == 0.0 and o.build_cost(1) == 0.0 and o.build_cost(4) == 1.0
+    o.measure(3, 2)
+    assert o.builds == 1 and o.runs == 3 and o.batches == 2
+
+
+def test_simulation_driver_counts_and_scores() -> None:
+    r = run_trial(vpatch_strategy(), NoiseModel(n_entries=8), seed=11)
+    assert r.correct and r.runs >= r.boots >= 3 and r.builds >= 1
