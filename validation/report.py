@@ -324,6 +324,7 @@ def change_points(
     alpha: float = 0.01,
     min_change_pct: float = stats.DEFAULT_SAME_BAND_PCT,
     lower_is_better: bool = True,
+    unit: str = "",
 ) -> list[dict[str, Any]]:
     """Change points in a history of nightly results (each point: its boot medians), oldest first.
 
@@ -355,7 +356,7 @@ def change_points(
             after = [v for p in points[j:j + window] for v in p]
             hit = None
             if before and after and len(before) + len(after) >= 3:
-                c = stats.compare(before, after, alpha=alpha, lower_is_better=lower_is_better)
+                c = stats.compare(before, after, alpha=alpha, lower_is_better=lower_is_better, unit=unit)
                 if c.significant and abs(c.change_pct) > min_change_pct:
                     hit = c
             if hit is None:
@@ -382,7 +383,7 @@ def _history(store: Store, metric: str, config: str | None, *, window: int, alph
     if not pts:
         return None
     cps = change_points([p.boot_medians for p in pts], window=window, alpha=alpha,
-                        lower_is_better=lower_is_better(metric))
+                        lower_is_better=lower_is_better(metric), unit=_unit_of(store, metric))
     for cp in cps:
         cp["day"] = pts[cp["index"]].day
         cp["base"] = pts[cp["index"]].base
