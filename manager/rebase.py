@@ -225,9 +225,8 @@ def _update_series(path: Path, onto: str, merged: list[str]) -> tuple[list[str],
             if parse_version(onto) is None:
                 not_recorded.append(t["id"])  # `merged` takes a release version; a sha or branch can't be recorded
                 continue
-            it = tomlkit.inline_table()
-            it["merged"] = onto
-            t["upstream"] = it
+            # parsed, not built, so it is spelled like the hand-written ones: { merged = "vX.Y.Z" }
+            t["upstream"] = tomlkit.parse(f"x = {{ merged = {tomlkit.string(onto).as_string()} }}")["x"]
             recorded.append(t["id"])
     atomic.write_text(path, tomlkit.dumps(doc))
     return recorded, not_recorded
