@@ -45,6 +45,8 @@ def test_latency_argv_is_batch_one_at_the_asked_output_length(tmp_path):
 def test_serve_and_bench_serve_argv(tmp_path):
     s = serve_argv(CFG, port=8123)
     assert s[:2] == ["serve", CFG.model] and flag(s, "--port") == "8123" and flag(s, "--host") == "127.0.0.1"
+    assert flag(s, "--gpu-memory-utilization") == "0.2500"  # 24 GB of the configured 96 GB device
+    assert "--gpu-memory-utilization" not in serve_argv(ValidateConfig(), port=1)  # vLLM's default
     b = bench_serve_argv(CFG, base_url="http://127.0.0.1:8123", result_dir=tmp_path, result_filename="r.json")
     assert b[:2] == ["bench", "serve"]
     assert flag(b, "--max-concurrency") == "1" and flag(b, "--dataset-name") == "random"
@@ -52,6 +54,15 @@ def test_serve_and_bench_serve_argv(tmp_path):
     assert flag(b, "--random-range-ratio") == "0.0"
     assert {"--save-result", "--save-detailed", "--ignore-eos"} <= set(b)
     assert flag(b, "--result-dir") == str(tmp_path) and flag(b, "--base-url") == "http://127.0.0.1:8123"
+
+
+def test_gpu_memory_gb_without_a_readable_device_is_a_clear_error(monkeypatch):
+    import vpatch.validation.config as c
+
+    monkeypatch.setattr(c, "device_total_memory_gb", lambda: None)
+    with pytest.raises(c.ConfigError, match="total memory") as ei:
+        serve_argv(ValidateConfig(gpu_memory_gb=24), port=1)
+    assert "device_memory_gb" in ei.value.hint
 
 
 def test_eager_mode_is_refused():

@@ -33,6 +33,7 @@ is measured, and nothing cosmetic (key order, defaults written out or left impli
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -151,14 +152,17 @@ class ValidateConfig(_Model):
         """
         return hashlib.sha256(self.canonical_json(kind).encode()).hexdigest()
 
-    def gpu_memory_utilization(self, device_total_gb: float | None = None) -> float | None:
+    def gpu_memory_utilization(self, device_total_gb: float | None | Literal["auto"] = "auto") -> float | None:
         """``gpu_memory_gb`` as vLLM's ``--gpu-memory-utilization`` fraction of the device's total.
 
-        ``device_total_gb``: the measured total (see :func:`device_total_memory_gb`); the config's
-        ``device_memory_gb`` wins when set.  None when no ``gpu_memory_gb`` is configured.
+        ``device_total_gb``: the device's total in GB; "auto" reads it (:func:`device_total_memory_gb`,
+        nvidia-smi / rocm-smi); None means unknown.  The config's ``device_memory_gb`` wins when set.
+        Returns None when no ``gpu_memory_gb`` is configured (vLLM's default then applies).
         """
         if self.gpu_memory_gb is None:
             return None
+        if self.device_memory_gb is None and device_total_gb == "auto":
+            device_total_gb = device_total_memory_gb()
         total = self.device_memory_gb or device_total_gb
         if not total:
             raise ConfigError(
@@ -220,6 +224,7 @@ def load_validate_config(path: Path | str) -> ValidateConfig:
     return parse_validate_config(doc.get("validate", {}), where=str(path))
 
 
+@functools.lru_cache(maxsize=1)
 def device_total_memory_gb() -> float | None:
     """The first GPU's total memory in GB (10^9 bytes) from nvidia-smi or rocm-smi; None if neither answers."""
     import shutil

@@ -97,8 +97,14 @@ def _check_graph_mode(cfg: ValidateConfig) -> None:
 # --- argv -----------------------------------------------------------------------------------------
 
 def engine_args(cfg: ValidateConfig, *, gpu_memory_utilization: float | None = None, model_flag: bool = True) -> list[str]:
-    """vLLM engine arguments shared by ``serve`` and ``bench latency``."""
+    """vLLM engine arguments shared by ``serve`` and ``bench latency``.
+
+    ``gpu_memory_utilization`` None: derived from ``[validate] gpu_memory_gb`` and the device's total
+    (read here, on the measuring machine), or left to vLLM when no ``gpu_memory_gb`` is set.
+    """
     _check_graph_mode(cfg)
+    if gpu_memory_utilization is None:
+        gpu_memory_utilization = cfg.gpu_memory_utilization()
     argv = ["--model", cfg.model] if model_flag else []
     argv += ["--max-model-len", str(cfg.max_model_len), "--seed", str(cfg.seed)]
     if cfg.tokenizer:
