@@ -41,7 +41,8 @@ COVERS = [
 ]
 CANNOT = [
     "the Triton kernel itself (replaced by a torch implementation of its maths), GPU streams",
-    "CUDA/HIP graph capture and replay; Inductor-compiled graphs (only Dynamo tracing with the eager backend)",
+    "CUDA/HIP graph capture and replay (the cache is keyed on capture state, which needs a device to "
+    "exercise); Inductor-compiled graphs (only Dynamo tracing with the eager backend)",
     "the AITER rotary path of ROCm (use_aiter; not used on gfx11) and any speed effect (TPOT)",
 ]
 
