@@ -5,8 +5,8 @@ returns the runs of one boot (``boot``) or, for accuracy, per-question correctne
 
 - :class:`CommandMeasurer` — any command printing a number (``vpatch bisect --run CMD``, custom metrics
   from ``[measure.metrics.NAME]`` in vpatch.toml); one boot = ``runs`` invocations.
-- :class:`LatencyMeasurer` — decode TPOT / TTFT through ``vllm bench latency`` (interleaved output-length
-  pairs) in the build's python.
+- :class:`LatencyMeasurer` — decode TPOT / TTFT: one boot = one ``vllm serve`` start with
+  ``runs`` ``vllm bench serve`` runs against it (max-concurrency 1), in the build's python.
 - :class:`Gsm8kMeasurer` — gsm8k through lm-eval against a server started in the tree (``[measure] serve``,
   default ``vllm serve``), from local data files.
 - :class:`KernelMeasurer` — an entry's micro-benchmark command (JSON samples per kernel and shape).
@@ -119,13 +119,12 @@ class KernelMeasurer:
     def boot(self, tree: Path, env: Mapping[str, str] | None = None, runs: int | None = None) -> list[float]:
         from .runners.kernel import run_kernel_bench
 
-        run = run_kernel_bench(split_command(self.command, {"python": self.python, "tree": str(tree),
-                                                            "series_dir": str(tree)}),
-                               env=tree_env(tree, env), cwd=tree)
+        [run] = run_kernel_bench(self.command, env=tree_env(tree, env), cwd=tree,
+                                 placeholders={"python": self.python, "tree": str(tree)})
         by = run.by_metric()
         want = self.metric
         for name, series in by.items():
-            if name == want or name.startswith(want + ":") or want == f"kernel:{series.kernel}":
+            if name == want or name.startswith(want + "["):
                 self.unit = series.unit
                 return list(series.samples)
         raise MeasureError(f"the benchmark printed no {want} (it printed {', '.join(by) or 'nothing'})")
@@ -144,12 +143,13 @@ class LatencyMeasurer:
         return {"kind": "latency", **self.cfg.canonical("latency")}
 
     def boot(self, tree: Path, env: Mapping[str, str] | None = None, runs: int | None = None) -> list[float]:
-        from .runners.latency import measure_latency_pairs
+        """One server start (the replication unit), ``runs`` ``vllm bench serve`` runs against it."""
+        from .runners.latency import measure_serve_boot
 
         with tempfile.TemporaryDirectory(prefix="vpatch-latency-") as tmp:
-            pairs = measure_latency_pairs(self.python, self.cfg, Path(tmp), pairs=runs or self.cfg.runs_per_boot,
-                                          env=tree_env(tree, env))
-        return [p.metrics()[self.metric] for p in pairs]
+            boot = measure_serve_boot(self.python, self.cfg, Path(tmp), runs=runs or self.cfg.runs_per_boot,
+                                      env=tree_env(tree, env))
+        return [r.metrics()[self.metric] for r in boot.runs]
 
 
 @dataclass
@@ -189,7 +189,7 @@ class Gsm8kMeasurer:
                             readiness_timeout_s=self.cfg.readiness_timeout_s, health_path=self.health_path) as srv:
                     res = run_gsm8k(work / "run", self.cfg, backend="local-completions", base_url=srv.base_url,
                                     python=sys.executable)
-        self.last = {f: {"exact_match": r.value, "stderr": r.stderr, "n": r.n} for f, r in res.filters.items()}
+        self.last = {f: {"exact_match": r.exact_match, "stderr": r.stderr, "n": r.n} for f, r in res.filters.items()}
         return res.items
 
 
