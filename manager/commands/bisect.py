@@ -84,7 +84,8 @@ def _start_or_resume(ctx, metric, run, good, bad, threshold, budget, max_builds,
         if not metric and not run:
             raise VpatchError("say what to bisect: --metric M or --run CMD", "e.g. vpatch bisect --metric tpot")
         state = {"args": args, "started": __import__("time").time(), "log": [],
-                 "confidence": confidence, "threshold_pct": threshold, "max_runs": budget, "max_builds": max_builds}
+                 "confidence": confidence, "threshold_pct": threshold,
+                 "max_runs": budget if budget is not None else 200, "max_builds": max_builds}
     vcfg, mcfg = load_configs(ctx.config_path)
     if args["run"]:
         m = CommandMeasurer("run", args["run"], runs_per_boot=3)
@@ -166,7 +167,8 @@ def render(d):
 @click.option("--good", default=None, help="Good end: an entry id or 'base' (with --upstream: an upstream ref).")
 @click.option("--bad", default=None, help="Bad end [default: the top of the series] (with --upstream: an upstream ref).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Smallest shift in %% worth naming.")
-@click.option("--budget", type=int, default=None, help="At most this many benchmark runs.")
+@click.option("--budget", type=int, default=None,
+              help="At most this many benchmark runs [200]; past it the answer is a range, not a guess.")
 @click.option("--max-builds", type=int, default=None, help="At most this many fresh compiles.")
 @click.option("--confidence", type=float, default=0.95, show_default=True)
 @click.option("--gate", type=click.Choice(["default", "on", "off"]), default="default")

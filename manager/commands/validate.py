@@ -6,14 +6,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import output
-from ..errors import CommandResult
+from ..errors import CommandResult, VpatchError
 from ..main import run_command
 from ..prefixes import materialize, prefixes, select
 from ..workspace import Workspace
 from ._common import pass_ctx, series_of
 
 
-def _body(ctx, metrics, entries, against, budget, min_boots, gate, store_path):
+def _body(ctx, metrics, entries, against, budget, min_boots, gate, store_path, shard=None):
     from vpatch.validation.measure import load_configs, make_measurer
     from vpatch.validation.store import open_store
     from vpatch.validation.validate import Validator
@@ -23,6 +23,11 @@ def _body(ctx, metrics, entries, against, budget, min_boots, gate, store_path):
     vcfg, mcfg = load_configs(ctx.config_path)
     prefs = prefixes(ws)
     chosen = select(prefs, entries)
+    if shard:
+        i, n = (int(x) for x in shard.split("/"))
+        if not 1 <= i <= n:
+            raise VpatchError(f"--shard {shard}: I must be between 1 and N")
+        chosen = [p for p in chosen if p.position % n == i - 1]
     ref = select(prefs, against)[0] if against else None
     gate_env = {}
     if gate in ("on", "off"):
@@ -68,9 +73,10 @@ def render(d):
 @click.option("--gate", type=click.Choice(["default", "on", "off"]), default="default",
               help="Measure with gated entries switched on or off.")
 @click.option("--store", "store_path", type=click.Path(), default=None, help="Results store [default: .vpatch/results.sqlite].")
+@click.option("--shard", metavar="I/N", default=None, help="Only prefixes whose position is I-1 modulo N (CI matrices).")
 @pass_ctx
-def command(ctx, metrics, per_entry, entries, against, budget, min_boots, gate, store_path):
+def command(ctx, metrics, per_entry, entries, against, budget, min_boots, gate, store_path, shard):
     """Measure each prefix where the results store has nothing yet, then print the per-entry table:
     "TPOT 14.63 → 14.21 ms (−2.9 %, 95 % CI …, p …, n 12+12): better" and whether each claim holds.
     Results are keyed by tree hash and run configuration: a second run measures nothing new."""
-    run_command(ctx, _body, metrics, entries, against, budget, min_boots, gate, store_path, render=render)
+    run_command(ctx, _body, metrics, entries, against, budget, min_boots, gate, store_path, shard, render=render)
