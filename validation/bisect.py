@@ -105,25 +105,38 @@ class Oracle(Protocol):
 class DifferentialOracle:
     """Differential series bisect after a rebase: ratio of prefix k on the new base to prefix k on the old one.
 
-    ``measure_new(k, n)`` measures prefix k on the new base (one boot, n runs); ``old_medians[k]`` is the
-    stored median of the same prefix on the old base (from the results store).  The returned samples are
-    ratios, so the step model applies even though the entries themselves change the metric.
+    ``measure_new(k, n)`` measures prefix k on the new base (one boot, n runs).  The denominator is either
+    ``old_medians[k]``, the stored median of the same prefix on the old base (from the results store), or,
+    when ``measure_old`` is given, a batch of the old-base prefix measured right after, in the same period
+    (no stale per-position error, twice the boots).  A stored median's own error is a fixed offset at that
+    position which the step model does not know about, so stored medians should come from several boots.
+    The returned samples are ratios, so the step model applies even though the entries change the metric.
     """
 
     def __init__(
         self,
         measure_new: Callable[[int, int], list[float]],
-        old_medians: Sequence[float],
+        old_medians: Sequence[float] | None = None,
         build_cost: Callable[[int], float] | None = None,
+        measure_old: Callable[[int, int], list[float]] | None = None,
     ) -> None:
-        if any(not (m > 0 and math.isfinite(m)) for m in old_medians):
+        if (old_medians is None) == (measure_old is None):
+            raise ValueError("give exactly one of old_medians and measure_old")
+        if old_medians is not None and any(not (m > 0 and math.isfinite(m)) for m in old_medians):
             raise ValueError("old_medians must be positive and finite")
         self._measure_new = measure_new
-        self._old = list(old_medians)
+        self._measure_old = measure_old
+        self._old = None if old_medians is None else list(old_medians)
         self._build_cost = build_cost
 
     def measure(self, position: int, n_runs: int) -> list[float]:
-        return [x / self._old[position] for x in self._measure_new(position, n_runs)]
+        new = self._measure_new(position, n_runs)
+        if self._measure_old is not None:
+            denom = float(np.median(self._measure_old(position, n_runs)))
+        else:
+            assert self._old is not None
+            denom = self._old[position]
+        return [x / denom for x in new]
 
     def build_cost(self, position: int) -> float:
         return 0.0 if self._build_cost is None else float(self._build_cost(position))
@@ -216,8 +229,8 @@ class _Obs:
 # --------------------------------------------------------------------------------------------- the model
 
 # Hyper-parameter grids, in units of 100*log (≈ %): boot-to-boot sd and random-walk step sd per batch.
-_TAU_GRID = (0.03, 0.08, 0.16, 0.3, 0.5, 0.8, 1.3, 2.0)
-_RHO_GRID = (0.0, 0.06, 0.15, 0.35)
+_TAU_GRID = (0.04, 0.12, 0.25, 0.45, 0.8, 1.5)
+_RHO_GRID = (0.03, 0.08, 0.2)  # no zero: some drift between boots is always there
 
 
 def _median_var_factor(n: int) -> float:
@@ -336,6 +349,8 @@ class Bisector:
         build_penalty: float = 0.4,
         effect_prior_pct: float = 3.0,
         p_no_shift: float = 0.2,
+        confirm_batches: int = 2,
+        repeat_penalty: float = 0.0,
     ) -> None:
         if n_positions < 2:
             raise ValueError("need at least two positions (good reference 0 and bad reference N)")
@@ -355,6 +370,8 @@ class Bisector:
         self.build_penalty = build_penalty
         self.effect_prior_pct = effect_prior_pct
         self.p_no_shift = p_no_shift
+        self.confirm_batches = confirm_batches
+        self.repeat_penalty = repeat_penalty
         self._obs: list[_Obs] = []
         self._skipped: dict[int, str] = {}
         self._stopped: str | None = None  # reason, once next_probe returned None
@@ -461,6 +478,25 @@ class Bisector:
 
     # -- decisions
 
+    def _unconfirmed(self, fit: _Fit) -> int | None:
+        """A side of the most likely boundary (c-1 | c) resting on fewer than ``confirm_batches`` boots.
+
+        One lucky boot next to a drifting reference can carry the posterior past ``confidence``; unless one
+        boot's noise is far below the shift, each side of the boundary must be seen in more than one boot.
+        """
+        if self.confirm_batches <= 1:
+            return None
+        c = int(np.argmax(fit.post[1:])) + 1
+        noise = math.sqrt(fit.tau_eff**2 + fit.sigma**2)
+        if abs(fit.delta_mean[c]) > 10 * noise:
+            return None
+        for k in (c - 1, c):
+            if k in self._skipped:
+                continue
+            if sum(1 for o in self._obs if o.position == k) < self.confirm_batches:
+                return k
+        return None
+
     def _runs_per_batch(self, fit: _Fit) -> int:
         if self.runs_per_batch is not None:
             return self.runs_per_batch
@@ -481,7 +517,7 @@ class Bisector:
         if self.threshold_pct > 0 and -self.threshold_pct < lo_ci and hi_ci < self.threshold_pct:
             return "no_shift", (f"the shift between the references is within +-{self.threshold_pct}% "
                                 f"(95% interval {lo_ci:+.2f}..{hi_ci:+.2f}%)")
-        if pc.max() >= self.confidence and self._obs:
+        if pc.max() >= self.confidence and self._obs and self._unconfirmed(fit) is None:
             return "found", f"P(culprit) = {pc.max():.3f} >= {self.confidence}"
         # Can probing still get there?  Only if the mass can concentrate on one position.
         if self._skipped:
@@ -546,6 +582,10 @@ class Bisector:
                    else "re-measure the reference in the same period as the probes")
             return Probe(pick, n, self._purpose(pick), why)
 
+        confirm = self._unconfirmed(fit) if fit.post[1:].max() >= self.confidence else None
+        if confirm is not None:
+            return Probe(confirm, n, self._purpose(confirm), f"confirm the boundary at {confirm} in another boot")
+
         # Probe: where the posterior (given a shift exists) splits best, minus the build penalty.
         pc = fit.post[1:] / max(fit.post[1:].sum(), 1e-300)
         F = np.cumsum(pc)  # F[k-1] = P(c <= k) = P(position k is bad)
@@ -563,7 +603,11 @@ class Bisector:
         costs = np.array([cost_of(k) for k in cand])
         # A free probe wins over a fresh build unless the build splits the posterior clearly better;
         # never trade for a probe that would tell next to nothing.
-        score = np.where(info >= 0.2 * info.max(), info - self.build_penalty * costs, -np.inf)
+        # Alternate the positions that share the boundary (A B A B, not A A A) so drift does not pile up on one.
+        last_probe = next((o.position for o in reversed(self._obs) if o.position not in (0, N)), None)
+        repeat = np.array([k == last_probe for k in cand], dtype=float)
+        score = np.where(info >= 0.2 * info.max(),
+                         info - self.build_penalty * costs - self.repeat_penalty * repeat, -np.inf)
         order = sorted(range(len(cand)), key=lambda i: (-round(score[i], 9), abs(Fk[i] - 0.5), cand[i]))
         i = order[0]
         k = cand[i]
@@ -636,6 +680,8 @@ class Bisector:
             "build_penalty": self.build_penalty,
             "effect_prior_pct": self.effect_prior_pct,
             "p_no_shift": self.p_no_shift,
+            "confirm_batches": self.confirm_batches,
+            "repeat_penalty": self.repeat_penalty,
         }
 
     def to_json(self) -> str:
@@ -719,18 +765,19 @@ def _threshold_bisect(oracle: Oracle, n_positions: int, runs: int) -> SearchOutc
     cut = (good + bad) / 2
     slower = bad > good
     lo, hi = 0, N
+    skipped: set[int] = set()
     while hi - lo > 1:
-        mid = (lo + hi) // 2
+        # git bisect skip: the measurable position nearest the middle; none left -> stop (culprit = hi)
+        order = sorted((m for m in range(lo + 1, hi) if m not in skipped), key=lambda m: abs(2 * m - lo - hi))
+        if not order:
+            break
+        mid = order[0]
         try:
             v = med(mid)
         except ProbeFailed:
             out.probes.pop()
-            # git bisect skip: try a neighbour; give up if the interval has no measurable position.
-            alt = next((m for m in range(mid + 1, hi) if m != mid), None)
-            if alt is None:
-                break
-            mid = alt
-            v = med(mid)
+            skipped.add(mid)
+            continue
         is_bad = (v > cut) == slower
         if is_bad:
             hi = mid
@@ -750,6 +797,26 @@ def fixed_median_bisect(oracle: Oracle, n_positions: int, runs: int = 3) -> Sear
     return _threshold_bisect(oracle, n_positions, runs)
 
 
+def _mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value, normal approximation with tie and continuity corrections
+    (what scipy's ``mannwhitneyu`` does for samples larger than 8; cheap enough for simulations)."""
+    from scipy.stats import rankdata
+    from scipy.special import ndtr
+
+    n1, n2 = len(x), len(y)
+    allv = np.concatenate([np.asarray(x, float), np.asarray(y, float)])
+    r = rankdata(allv)
+    u = r[:n1].sum() - n1 * (n1 + 1) / 2
+    mu = n1 * n2 / 2
+    _, t = np.unique(allv, return_counts=True)
+    n = n1 + n2
+    var = n1 * n2 / 12 * ((n + 1) - (t**3 - t).sum() / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    z = (abs(u - mu) - 0.5) / math.sqrt(var)
+    return float(min(1.0, 2 * ndtr(-max(z, 0.0))))
+
+
 def pinpoint_bisect(
     oracle: Oracle,
     n_positions: int,
@@ -763,8 +830,6 @@ def pinpoint_bisect(
     references by a Mann-Whitney test, add 10 attempts (to the midpoint and, interleaved, to the references
     when they have fewer) until one side differs at ``alpha`` or ``max_attempts`` is reached (then the closer
     median decides)."""
-    from scipy.stats import mannwhitneyu
-
     N = n_positions - 1
     out = SearchOutcome(None)
     samples: dict[int, list[float]] = {}
@@ -782,19 +847,20 @@ def pinpoint_bisect(
 
     grow([0, N], attempts)
     lo, hi = 0, N
+    skipped: set[int] = set()
     while hi - lo > 1:
-        mid = (lo + hi) // 2
+        order = sorted((m for m in range(lo + 1, hi) if m not in skipped), key=lambda m: abs(2 * m - lo - hi))
+        if not order:
+            break
+        mid = order[0]
         try:
             grow([mid], attempts)
         except ProbeFailed:
-            alt = mid + 1 if mid + 1 < hi else None
-            if alt is None:
-                break
-            mid = alt
-            grow([mid], attempts)
+            skipped.add(mid)
+            continue
         while True:
-            p_good = mannwhitneyu(samples[mid], samples[0], alternative="two-sided").pvalue
-            p_bad = mannwhitneyu(samples[mid], samples[N], alternative="two-sided").pvalue
+            p_good = _mann_whitney_p(samples[mid], samples[0])
+            p_bad = _mann_whitney_p(samples[mid], samples[N])
             if p_good < alpha and p_good <= p_bad:
                 hi = mid
                 break
