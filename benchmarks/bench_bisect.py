@@ -13,7 +13,7 @@ Printed per N: culprit accuracy (± standard error), undecided share, mean build
 references included; and the share of bisects within ceil(log2 N) + 2), mean benchmark runs and boots.  Then
 the goals at N = 24 and how often each strategy names a culprit when there is none.
 
-    python benchmarks/bench_bisect.py                 # 500 trials per cell, ~2-4 min on 2 cores
+    python benchmarks/bench_bisect.py                 # 500 trials per cell, ~1-3 min on 2 shared cores
     python benchmarks/bench_bisect.py --trials 100 --n 24
 """
 

@@ -247,3 +247,11 @@ def test_simulation_driver_counts_and_scores() -> None:
 @pytest.mark.parametrize("search", [binary_search, fixed_median_bisect, pinpoint_bisect])
 def test_baselines_skip_failing_positions(search) -> None:
     assert search(FailingExact(16, 5, fail={8, 4}), 17).culprit == 5
+
+
+def test_result_is_plain_json() -> None:
+    res = run_bisect(Bisector(17), FailingExact(16, 7, fail={8}))
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["status"] == "found" and d["culprit"] == 7 and d["skipped"] == {"8": "entry 8 does not apply"}
+    assert d["steps"][0]["purpose"] == "reference-good"
+    assert "culprit: position 7" in res.describe()

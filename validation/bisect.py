@@ -35,13 +35,16 @@ The model (all in units of 100 * log(metric), i.e. ~percent):
   with step sd rho (day-to-day drift, shared by batches measured close in time: why references are re-measured
   between probes);
 * mu has a flat prior, delta ~ N(0, s^2) (s = ``effect_prior_pct``), tau and rho are averaged over a grid
-  (Bayesian model averaging), c is uniform on 1..N; a "no shift at all" hypothesis (index 0 of the posterior)
-  competes with prior ``p_no_shift``.
+  (Bayesian model averaging; the rho grid has no zero -- assuming no drift made the posterior overconfident
+  in simulation), c is uniform on 1..N; a "no shift at all" hypothesis (index 0 of the posterior) competes
+  with prior ``p_no_shift``, and a shift whose 95 % interval lies inside +-``threshold_pct`` also ends the
+  search as "no_shift".
 
 Everything is linear-Gaussian given (c, tau, rho), so the marginal likelihood of every c is exact and cheap.
 Probes go where the posterior splits best (binary entropy of P(c <= k)), minus a penalty for a probe that needs
-a new compiled build.  The search stops when one position holds ``confidence`` of the posterior, when "no shift"
-does, when the skipped positions make further narrowing impossible, or when the budget is spent; undecided
+a new compiled build; references are re-measured every ``ref_every`` probes.  The search stops when one position
+holds ``confidence`` of the posterior and both sides of that boundary were seen in ``confirm_batches`` boots
+(unless one boot's noise is far below the shift), when "no shift" does, when the skipped positions make further narrowing impossible, or when the budget is spent; undecided
 answers are reported as a range, never as a guess.
 
 Also here: the baselines the simulation compares against -- :func:`binary_search` (naive ``git bisect run``,
