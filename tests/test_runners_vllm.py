@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from test_series_part1 import fork28, part1_cache, release_repo, runtime28  # noqa: F401 (session fixtures)
+
 from vpatch.validation.config import ValidateConfig
 from vpatch.validation.runners.latency import (
     bench_serve_argv,
@@ -86,10 +88,12 @@ PROBE = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def vllm_python():
+def vllm_python(request):
+    """$VPATCH_TEST_VLLM_PYTHON, else the python-only install of the patched v0.28.0 workspace that the
+    series tests build once per session (cached under $VPATCH_CACHE)."""
     py = os.environ.get("VPATCH_TEST_VLLM_PYTHON")
     if not py:
-        pytest.skip("VPATCH_TEST_VLLM_PYTHON is not set (the python of a python-only vLLM v0.28.0 venv)")
+        py = str(request.getfixturevalue("runtime28"))
     if not Path(py).exists():
         pytest.skip(f"VPATCH_TEST_VLLM_PYTHON={py} does not exist")
     r = subprocess.run([py, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
