@@ -23,6 +23,8 @@ import contextlib
 import sys
 import traceback
 
+from _scope import announce  # noqa: E402 (beside this script)
+
 LAYERS = 48
 HEAD, NQ, NKV = 128, 32, 4
 ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [24, 20, 20],
@@ -52,14 +54,7 @@ class CheckFailed(Exception):
 
 
 def main() -> int:
-    print("mrope-cos-sin-cache: effect check")
-    print("covers:")
-    for c in COVERS:
-        print(f"  - {c}")
-    print("cannot cover on CPU:")
-    for c in CANNOT:
-        print(f"  - {c}")
-    sys.stdout.flush()
+    announce("mrope-cos-sin-cache", COVERS, CANNOT)
     try:
         import torch  # noqa: F401
         from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config

@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 import traceback
 
+from _scope import announce  # noqa: E402 (beside this script)
+
 HIDDEN, EXPERTS, TOPK, INTER, TOKENS = 64, 8, 2, 32, 5
 
 COVERS = [
@@ -95,14 +97,7 @@ def moe(x, logits, w1, w2):
 
 
 def main() -> int:
-    print("qwen3-omni-router-fix: effect check")
-    print("covers:")
-    for c in COVERS:
-        print(f"  - {c}")
-    print("cannot cover on CPU:")
-    for c in CANNOT:
-        print(f"  - {c}")
-    sys.stdout.flush()
+    announce("qwen3-omni-router-fix", COVERS, CANNOT)
     try:
         import torch
         from torch import nn

@@ -21,6 +21,8 @@ import sys
 import traceback
 from types import SimpleNamespace
 
+from _scope import announce  # noqa: E402 (beside this script)
+
 COVERS = [
     "SharedExperts._determine_shared_experts_order (the real code) under ROCm, CUDA and CPU platforms, "
     "with and without the aux stream, batches under / at / over the token threshold",
@@ -115,14 +117,7 @@ def build(se_mod, kind: str, with_stream: bool, layer, dp: int = 1, tp: int = 1)
 
 
 def main() -> int:
-    print("shared-experts-stream-gate: effect check")
-    print("covers:")
-    for c in COVERS:
-        print(f"  - {c}")
-    print("cannot cover on CPU:")
-    for c in CANNOT:
-        print(f"  - {c}")
-    sys.stdout.flush()
+    announce("shared-experts-stream-gate", COVERS, CANNOT)
     try:
         import torch
 
