@@ -143,7 +143,7 @@ def apply_patch_entry(ws: Workspace, series: Series, entry: Entry, digest: str) 
 def apply_overlay_entry(ws: Workspace, series: Series, entry: Entry, digest: str, base_commit: str) -> Outcome:
     g = ws.git
     overlay_root = series.path.resolve().parent.parent / "overlay"
-    files = overlay_files(overlay_root, entry)
+    files = overlay_files(overlay_root, entry.id)
     author = entry.author or series.header.author or DEFAULT_AUTHOR
     name, email = split_author(author)
     date = g.run("show", "-s", "--format=%cI", base_commit).out

@@ -95,7 +95,7 @@ def _require_refreshed(ws: Workspace, series: Series) -> None:
             raise WorkspaceError(f"commit {c.sha[:10]} ({c.subject!r}) on {branch} is not an entry of the series",
                                  "`vpatch refresh --all` writes it into the series first (or pass --force)")
         state = sync_state(ws, c, e, pd, pd.parent / "overlay")
-        if state in ("edited", "diverged"):
+        if state == "edited":
             raise WorkspaceError(f"entry {e.id} was edited in the workspace and not written back",
                                  "`vpatch refresh --all` first, so the rebase moves your edits (or pass --force)")
 
@@ -126,7 +126,7 @@ def synthesize(g: Git, series: Series, base: str, base_sha: str) -> tuple[str, d
                 msg = info.message
             else:
                 rows = "".join(f"{'100755' if p.stat().st_mode & 0o100 else '100644'} "
-                               f"{g.run('hash-object', '-w', str(p)).out}\t{rel}\n" for rel, p in overlay_files(overlay_root, e))
+                               f"{g.run('hash-object', '-w', str(p)).out}\t{rel}\n" for rel, p in overlay_files(overlay_root, e.id))
                 g.run("update-index", "--add", "--index-info", env=env, input=rows)
                 name, email = split_author(e.author or series.header.author or "vpatch <vpatch@vpatch.invalid>")
                 ident = identity_env(name, email, date_base)

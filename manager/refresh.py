@@ -78,7 +78,7 @@ def _sync_overlay(g: Git, sha: str, eid: str, overlay_root: Path) -> list[str]:
             atomic.write_bytes(target, data, mode)
             changed.append(str(target))
     if root.exists():
-        for rel, p in overlay_files(overlay_root, _Fake(eid)):
+        for rel, p in overlay_files(overlay_root, eid):
             if rel not in wanted:
                 p.unlink()
                 changed.append(str(p))
@@ -86,11 +86,6 @@ def _sync_overlay(g: Git, sha: str, eid: str, overlay_root: Path) -> list[str]:
             if not any(d.iterdir()):
                 d.rmdir()
     return changed
-
-
-class _Fake:
-    def __init__(self, eid: str):
-        self.id = eid
 
 
 def _load_doc(series: Series) -> tomlkit.TOMLDocument:

@@ -53,9 +53,7 @@ def workspace_status(ctx: Context, series: Series) -> dict:
                          "sync": "new (not in the series: `vpatch refresh` adds it)"})
     data["entries"] = rows
     data["commits_without_entry"] = unknown
-    try:
-        from . import build_records  # present once `vpatch build` exists
-        data["last_build"] = build_records.last_build_for(ctx, data["tree"])
-    except Exception:
-        pass
+    from . import build_records
+
+    data["last_build"] = build_records.last_build_for(ctx, data["tree"]) if data["tree"] else None
     return data

@@ -7,18 +7,12 @@ from "entry changed on disk since it was applied" (re-apply picks it up).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from .entries import parse_patch
+from .patchfile import strip_trailers
 from .series import Entry
 from .workspace import AppliedCommit, Workspace, entry_digest, overlay_files
-
-
-def _strip_trailers(ws: Workspace, message: str) -> str:
-    lines = [line for line in message.rstrip("\n").splitlines()
-             if not line.startswith(("Vpatch-Entry:", "Vpatch-Digest:"))]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 def commit_matches_entry(ws: Workspace, c: AppliedCommit, entry: Entry, patches_dir: Path, overlay_root: Path) -> bool:
@@ -31,8 +25,8 @@ def commit_matches_entry(ws: Workspace, c: AppliedCommit, entry: Entry, patches_
         diff = g.run("diff-tree", "-p", "--no-renames", "--full-index", f"{c.sha}^", c.sha, strip=False).out
         same_content = g.patch_id(diff) == g.patch_id(info.diff)
         msg = g.commit_fields(c.sha)["message"]
-        return same_content and _strip_trailers(ws, msg).strip() == info.message.strip()
-    files = dict(overlay_files(overlay_root, entry))
+        return same_content and strip_trailers(msg).strip() == info.message.strip()
+    files = dict(overlay_files(overlay_root, entry.id))
     changed = {p for _, p in g.changed_files(c.sha)}
     if changed != set(files):
         return False
@@ -44,23 +38,13 @@ def commit_matches_entry(ws: Workspace, c: AppliedCommit, entry: Entry, patches_
 
 
 def sync_state(ws: Workspace, c: AppliedCommit, entry: Entry, patches_dir: Path, overlay_root: Path) -> str:
-    """``in-sync`` | ``edited`` (commit differs, entry unchanged: refresh) | ``stale`` (entry changed since
-    apply: re-apply) | ``diverged`` (both changed)."""
+    """``in-sync`` | ``edited`` (the commit differs from an entry unchanged since apply: refresh saves it) |
+    ``stale`` (the entry changed on disk since it was applied: re-apply; `apply --reset` keeps the old
+    branch as a backup, so an edit made in the workspace too is not lost)."""
     try:
         digest_now = entry_digest(entry, patches_dir, overlay_root)
     except FileNotFoundError:
         return "missing-entry-files"
     if commit_matches_entry(ws, c, entry, patches_dir, overlay_root):
         return "in-sync"
-    return "edited" if c.digest == digest_now else ("stale" if _unchanged_since_apply(ws, c) else "diverged")
-
-
-def _unchanged_since_apply(ws: Workspace, c: AppliedCommit) -> bool:
-    # the commit still is what vpatch made if its trailer digest and content are untouched by hand;
-    # without a record of the applied commit we cannot tell, so report it as stale (re-apply is safe:
-    # `apply --reset` keeps the old branch as a backup)
-    return True
-
-
-def digest_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return "edited" if c.digest == digest_now else "stale"

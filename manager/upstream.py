@@ -177,7 +177,7 @@ def load_entry_diffs(series: Series, g: Git, entries: tuple[Entry, ...] | None =
                 if not d.files:
                     d.error = "the patch holds no diff"
         else:
-            files = overlay_files(overlay_root, e) if (overlay_root / e.id).is_dir() else []
+            files = overlay_files(overlay_root, e.id) if (overlay_root / e.id).is_dir() else []
             if not files:
                 d.error = f"overlay/{e.id}/ is missing or empty"
             else:

@@ -159,9 +159,9 @@ class Workspace:
 
 # --- entry content: digest and safety checks ----------------------------------------------------
 
-def overlay_files(overlay_root: Path, entry: Entry) -> list[tuple[str, Path]]:
+def overlay_files(overlay_root: Path, entry_id: str) -> list[tuple[str, Path]]:
     """(path inside vLLM's tree, file in overlay/) for every file of an overlay entry, sorted."""
-    root = overlay_root / entry.id
+    root = overlay_root / entry_id
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in sorted(dirnames + filenames):
@@ -180,7 +180,7 @@ def entry_digest(entry: Entry, patches_dir: Path, overlay_root: Path) -> str:
     if entry.kind == "patch":
         h.update((patches_dir / entry.patch_file).read_bytes())
     else:
-        for rel, p in overlay_files(overlay_root, entry):
+        for rel, p in overlay_files(overlay_root, entry.id):
             mode = "755" if p.stat().st_mode & stat.S_IXUSR else "644"
             h.update(f"{rel}\0{mode}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
     return h.hexdigest()
