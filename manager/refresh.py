@@ -100,6 +100,12 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
         applied = ws.applied()
         if not ws.base_commit():
             raise WorkspaceError("the workspace has no vpatch base", "run `vpatch apply` first")
+        on = (ws.branch_info() or {}).get("base")
+        if on and on != series.base:
+            raise WorkspaceError(
+                f"the workspace is on {on} but the series is pinned to {series.base}: refreshing would write "
+                f"patches made against {on} into a series based on {series.base}",
+                f"to move the series, `vpatch rebase --onto {on}`; to edit it, `vpatch apply` (onto {series.base}) first")
         bad = [c for c in applied if not c.entry_id]
         if bad:
             c = bad[0]

@@ -142,3 +142,16 @@ def test_reorder_pure():
     assert reorder(["a", "m", "b", "c"], ["b", "a", "c"]) == ["b", "a", "m", "c"]
     assert reorder(["m", "a", "b"], ["a", "x", "b"]) == ["m", "a", "x", "b"]
     assert reorder(["a", "b"], ["a", "b"]) == ["a", "b"]
+
+
+def test_refresh_refuses_a_workspace_on_another_base(tmp_path, upstream, vp):
+    """apply --base elsewhere is for trying; writing those commits back would silently re-base the patches."""
+    s = SeriesDir(tmp_path / "fork", "v1.0.0", str(upstream.path))
+    s.add_patch("one", make_patch(upstream, {"README": "x\n"}, "readme"))
+    upstream.write("src/c.py", "c\n")
+    upstream.commit("1.1", tag="v1.1.0")
+    before = s.snapshot()
+    assert vp(s.root, "apply", "--base", "v1.1.0").rc == 0
+    r = vp(s.root, "refresh", "--all")
+    assert r.rc == 1 and "pinned to v1.0.0" in r.err and "vpatch rebase --onto v1.1.0" in r.err
+    assert s.snapshot() == before
