@@ -225,6 +225,18 @@ def check_env(entry: Entry, ctx: Context, python: Path | str) -> dict:
 # --- the command body ---------------------------------------------------------------------------
 def verify(ctx: Context, series: Series, ids: tuple[str, ...] = (), *, python: str | None = None,
            venv: Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+    """Run the applied entries' checks, holding the workspace lock so no apply changes the tree meanwhile."""
+    from .workspace import Workspace
+
+    w = Workspace(ctx.workspace)
+    if not w.exists():
+        return _verify(ctx, series, ids, python=python, venv=venv, timeout_s=timeout_s)  # says what is missing
+    with w.lock():
+        return _verify(ctx, series, ids, python=python, venv=venv, timeout_s=timeout_s)
+
+
+def _verify(ctx: Context, series: Series, ids: tuple[str, ...] = (), *, python: str | None = None,
+            venv: Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     ws = ctx.workspace
     applied = applied_entries(ws)
     applied_ids = {eid: sha for sha, eid in applied}
