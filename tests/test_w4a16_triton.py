@@ -57,8 +57,8 @@ def kern(tmp_path_factory):
     try:
         triton = pytest.importorskip("triton")
         if preimported and type(triton.language.interleave).__name__ != "InterpretedFunction":
-            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run this module in "
-                        "its own process: pytest tests/test_w4a16_triton.py")
+            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set in this process; "
+                        "test_module_runs_in_a_fresh_process_when_triton_was_imported_first runs these there")
         _fix_interpreter_bf16_dot()
         yield R.load_triton_kernels(tree / R.KERNEL_PATHS[0])
     finally:  # leave the variable as it was for the rest of the session
