@@ -23,7 +23,7 @@ import contextlib
 import sys
 import traceback
 
-from _scope import announce  # noqa: E402 (beside this script)
+from _scope import announce, verdict  # noqa: E402 (beside this script)
 
 LAYERS = 48
 HEAD, NQ, NKV = 128, 32, 4
@@ -71,13 +71,7 @@ def main() -> int:
             traceback.print_exc()
             print(f"ERROR: the check crashed: {type(e).__name__}: {e}")
             return 2
-    if failures:
-        print(f"FAIL ({len(failures)} problem(s)):")
-        for f in failures:
-            print(f"  - {f}")
-        return 1
-    print("PASS: one cos/sin gather per step on every path, outputs bit-identical")
-    return 0
+    return verdict(failures, "one cos/sin gather per step on every path, outputs bit-identical")
 
 
 # --- instrumentation ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from _scope import announce  # noqa: E402 (beside this script)
+from _scope import announce, verdict  # noqa: E402 (beside this script)
 
 HIDDEN, EXPERTS, TOPK, INTER, TOKENS = 64, 8, 2, 32, 5
 
@@ -140,13 +140,7 @@ def main() -> int:
         traceback.print_exc()
         print(f"ERROR: the check crashed: {type(e).__name__}: {e}")
         return 2
-    if failures:
-        print(f"FAIL ({len(failures)} problem(s)):")
-        for f in failures:
-            print(f"  - {f}")
-        return 1
-    print("PASS: one router evaluation per forward, output unchanged")
-    return 0
+    return verdict(failures, "one router evaluation per forward, output unchanged")
 
 
 def _reference(x, wg, returns_tuple):

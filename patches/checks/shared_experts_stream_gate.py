@@ -21,7 +21,7 @@ import sys
 import traceback
 from types import SimpleNamespace
 
-from _scope import announce  # noqa: E402 (beside this script)
+from _scope import announce, verdict  # noqa: E402 (beside this script)
 
 COVERS = [
     "SharedExperts._determine_shared_experts_order (the real code) under ROCm, CUDA and CPU platforms, "
@@ -162,13 +162,7 @@ def main() -> int:
         traceback.print_exc()
         print(f"ERROR: the check crashed: {type(e).__name__}: {e}")
         return 2
-    if failures:
-        print(f"FAIL ({len(failures)} problem(s)):")
-        for f in failures:
-            print(f"  - {f}")
-        return 1
-    print("PASS: ROCm overlaps the shared experts on the aux stream under the threshold, not otherwise")
-    return 0
+    return verdict(failures, "ROCm overlaps the shared experts on the aux stream under the threshold, not otherwise")
 
 
 def _run_through(se_mod, layer, Order, failures) -> None:
