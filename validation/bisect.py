@@ -756,6 +756,13 @@ class SearchOutcome:
         return sum(n for _, n in self.probes)
 
 
+def _middle(lo: int, hi: int, skipped: set[int]) -> int | None:
+    """Like ``git bisect skip``: the unskipped position strictly between lo and hi nearest the middle
+    (None when none is left: the search stops with culprit = hi)."""
+    order = sorted((m for m in range(lo + 1, hi) if m not in skipped), key=lambda m: abs(2 * m - lo - hi))
+    return order[0] if order else None
+
+
 def _threshold_bisect(oracle: Oracle, n_positions: int, runs: int) -> SearchOutcome:
     N = n_positions - 1
     out = SearchOutcome(None)
@@ -770,11 +777,9 @@ def _threshold_bisect(oracle: Oracle, n_positions: int, runs: int) -> SearchOutc
     lo, hi = 0, N
     skipped: set[int] = set()
     while hi - lo > 1:
-        # git bisect skip: the measurable position nearest the middle; none left -> stop (culprit = hi)
-        order = sorted((m for m in range(lo + 1, hi) if m not in skipped), key=lambda m: abs(2 * m - lo - hi))
-        if not order:
+        mid = _middle(lo, hi, skipped)
+        if mid is None:
             break
-        mid = order[0]
         try:
             v = med(mid)
         except ProbeFailed:
@@ -852,10 +857,9 @@ def pinpoint_bisect(
     lo, hi = 0, N
     skipped: set[int] = set()
     while hi - lo > 1:
-        order = sorted((m for m in range(lo + 1, hi) if m not in skipped), key=lambda m: abs(2 * m - lo - hi))
-        if not order:
+        mid = _middle(lo, hi, skipped)
+        if mid is None:
             break
-        mid = order[0]
         try:
             grow([mid], attempts)
         except ProbeFailed:
