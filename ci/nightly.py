@@ -13,6 +13,7 @@ Exit codes CI can branch on:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,8 +56,6 @@ class Nightly:
         if self.progress:
             self.progress(name)
         t0 = time.monotonic()
-        import os
-
         r = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(self.env or {})})
         try:

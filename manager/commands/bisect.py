@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import click
 from rich.markup import escape
@@ -83,7 +84,7 @@ def _start_or_resume(ctx, metric, run, good, bad, threshold, budget, max_builds,
     else:
         if not metric and not run:
             raise VpatchError("say what to bisect: --metric M or --run CMD", "e.g. vpatch bisect --metric tpot")
-        state = {"args": args, "started": __import__("time").time(), "log": [],
+        state = {"args": args, "started": time.time(), "log": [],
                  "confidence": confidence, "threshold_pct": threshold,
                  "max_runs": budget if budget is not None else 200, "max_builds": max_builds}
     vcfg, mcfg = load_configs(ctx.config_path)
