@@ -36,7 +36,7 @@ class Run:
 
 
 def run_vpatch(cwd: Path, *args: str, env: dict | None = None, timeout: int = 900) -> Run:
-    r = subprocess.run([sys.executable, "-m", "vpatch.manager.main", *args], cwd=cwd, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "vpatch.manager.cli.main", *args], cwd=cwd, capture_output=True,
                        text=True, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout)
     return Run(r.returncode, r.stdout, r.stderr)
 
@@ -148,9 +148,9 @@ def three_entries(tmp_path, upstream) -> SeriesDir:
 
 
 @pytest.fixture(scope="session")
-def vpatch_cache(tmp_path_factory) -> Path:
-    """The cache of release repos: $VPATCH_CACHE if set (CI keeps it between runs), else a tmp dir."""
-    env = os.environ.get("VPATCH_CACHE")
-    p = Path(env) if env else tmp_path_factory.mktemp("vpatch-cache")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def vpatch_cache() -> Path:
+    """The cache of release repos and runtimes: the same folder vpatch itself uses ($VPATCH_CACHE, else
+    ~/.cache/vpatch), so the tests reuse what `vpatch apply` / `build` / `.ci/setup.sh` already fetched."""
+    from vpatch.manager.context import cache_dir
+
+    return cache_dir()

@@ -1,0 +1,78 @@
+"""The command line as a user types it: global options before or after the verb."""
+from __future__ import annotations
+
+import json
+
+from conftest import SeriesDir
+from vpatch.manager.cli.main import hoist_global_options
+
+
+def test_global_options_after_the_verb_are_moved_before_it():
+    assert hoist_global_options(["status", "--json"]) == ["--json", "status"]
+    assert hoist_global_options(["apply", "--series", "s.toml", "-q", "--base", "v1"]) == \
+        ["--series", "s.toml", "-q", "apply", "--base", "v1"]
+    assert hoist_global_options(["--json", "check", "--workspace=w", "--onto", "v2"]) == \
+        ["--json", "--workspace=w", "check", "--onto", "v2"]
+    # after `--` nothing is touched
+    assert hoist_global_options(["bisect", "--run", "x", "--", "--json"]) == ["bisect", "--run", "x", "--", "--json"]
+
+
+def test_status_json_after_the_verb_gives_the_same_document(tmp_path, vp):
+    s = SeriesDir(tmp_path / "fork", base="v1.0.0", source=str(tmp_path / "nowhere"))
+    before, after = vp(s.root, "--json", "status"), vp(s.root, "status", "--json")
+    assert before.rc == after.rc == 0, before.err + after.err
+    a, b = json.loads(before.out), json.loads(after.out)
+    a.pop("elapsed_s"), b.pop("elapsed_s")
+    assert a == b
+
+
+def test_help_lists_every_verb_with_its_own_words_without_importing_them():
+    import importlib
+    import re
+    import subprocess
+    import sys
+
+    from vpatch.manager.cli.main import COMMANDS
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "vpatch.manager.cli.main", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for verb, (mod, line) in COMMANDS.items():
+        assert re.search(rf"^\s+{verb}\s", r.stdout, re.M), verb
+        assert f"vpatch.manager.cli.{mod}" not in r.stderr, f"--help imported {mod}"
+        doc = " ".join((importlib.import_module(f"vpatch.manager.cli.{mod}").command.help or "").split())
+        assert doc.startswith(line.rstrip(".")[:25]), (verb, line, doc[:80])
+
+
+def test_every_help_example_parses_with_the_real_options(tmp_path, monkeypatch):
+    """The examples under `vpatch VERB --help` name only verbs, options and choices that exist."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("shard-1.sqlite", "shard-2.sqlite"):  # inputs the results example names
+        (tmp_path / name).write_text("")
+    import shlex
+
+    import click
+
+    from vpatch.manager.cli.main import EXAMPLES, cli
+
+    for verb, lines in EXAMPLES.items():
+        for line in lines:
+            lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lex.whitespace_split, lex.commenters = True, "#"
+            parts: list[list[str]] = [[]]
+            for tok in lex:
+                if tok in ("|", "||", "&&", ";"):
+                    parts.append([])
+                else:
+                    parts[-1].append(tok)
+            for argv in parts:
+                if not argv or argv[0] != "vpatch":
+                    continue
+                args = hoist_global_options(argv[1:])
+                ctx = cli.make_context("vpatch", list(args), resilient_parsing=False)
+                cmd, rest = ctx.command, ctx.protected_args + ctx.args
+                while isinstance(cmd, click.Group) and rest:
+                    name, sub, rest = cmd.resolve_command(ctx, rest)
+                    ctx = sub.make_context(name, rest, parent=ctx)
+                    cmd, rest = sub, ctx.protected_args + ctx.args if isinstance(sub, click.Group) else []
+                assert cmd.name in (verb, "vpatch") or verb in line, (verb, line)
