@@ -7,16 +7,24 @@ entry, so ``continue``, ``skip`` and ``abort`` work after a conflict *and* after
 """
 from __future__ import annotations
 
-import subprocess
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Any
+from pathlib import Path
 
-from . import output
-from .entries import Outcome, apply_overlay_entry, apply_patch_entry, commit
+from . import atomic, output
+from .entries import IndexOnly, Outcome, apply_overlay_entry, apply_patch_entry, commit
 from .errors import StoppedForConflict, WorkspaceError
+from .git import Git, run_git
+from .state import StateError
 from .series import Entry, Series, merged_at_or_before
 from .sources import resolve_source
 from .workspace import BASE_REF, AppliedCommit, Workspace, branch_for, entry_digest
+
+
+NEW_DIR = ".vpatch-new"
 
 
 @dataclass
@@ -94,21 +102,12 @@ def start_apply(ctx, series: Series, *, base: str | None, source: str | None, up
     with ws.lock():
         with output.progress(f"base {base} from {src.describe()}") as step:
             base_commit = src.ensure(base, progress=step.detail)
-        fresh = not ws.exists()
-        if fresh:
-            output.say(f"creating workspace {ws.path}")
-            ws.path.parent.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run(["git", "clone", "-q", "--no-checkout", "--local", str(src.repo()), str(ws.path)],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise WorkspaceError(f"cannot create the workspace {ws.path}: {r.stderr.strip()}")
-            ws.git.run("config", "gc.auto", "0")
-            ws.git.run("config", "core.autocrlf", "false")
-            ws.git.run("fetch", "-q", str(src.repo()), base_commit)
-            with output.progress(f"checking out {base}") as step:
-                ws.git.run("checkout", "-q", "--detach", base_commit)
+        if not ws.exists():
+            _create(ws, src, base, base_commit)
         else:
             ws.require_no_operation()
+            ws.info()  # a damaged record stops us here, before anything changes
+            _finish_create(ws)
             ws.require_clean("apply")
             if ws.git.rev(base_commit) is None:
                 ws.git.run("fetch", "-q", str(src.repo()), base_commit)
@@ -157,29 +156,96 @@ def start_apply(ctx, series: Series, *, base: str | None, source: str | None, up
         return run_operation(ws, series, op)
 
 
+FRESH_MARK = "fresh"  # in .git/vpatch/: the workspace was cloned but its work tree not yet checked out
+
+
+def _create(ws: Workspace, src, base: str, base_commit: str) -> None:
+    """Clone the source into the (empty) workspace folder so that a kill at any point leaves either no
+    ``.git`` (the next run starts over) or a whole one marked fresh (the next run finishes the checkout).
+
+    The clone is made in ``.vpatch-new/`` inside the workspace, its HEAD set to the base and the fresh
+    mark written, and only then is its ``.git`` renamed into place (one atomic rename)."""
+    if any(p.name != NEW_DIR for p in ws.path.iterdir()):
+        raise WorkspaceError(f"{ws.path} is neither a git checkout nor empty: vpatch makes a workspace only "
+                             "in a new or empty folder", "pass --workspace a new folder (or the vpatch workspace)")
+    tmp = ws.path / NEW_DIR
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a creation killed before its rename: ours, start over
+    output.say(f"creating workspace {ws.path}")
+    r = run_git("clone", "-q", "--no-checkout", "--local", str(src.repo()), str(tmp), cwd=ws.path, check=False)
+    if not r.ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WorkspaceError(f"cannot create the workspace {ws.path}: {r.err}")
+    g = Git(tmp)
+    g.run("config", "gc.auto", "0")
+    g.run("config", "core.autocrlf", "false")
+    if g.rev(base_commit) is None:
+        g.run("fetch", "-q", str(src.repo()), base_commit)
+    g.run("update-ref", "--no-deref", "HEAD", base_commit)
+    (tmp / ".git" / "vpatch").mkdir(exist_ok=True)
+    (tmp / ".git" / "vpatch" / FRESH_MARK).write_text(base_commit + "\n")
+    os.rename(tmp / ".git", ws.path / ".git")
+    tmp.rmdir()
+    with output.progress(f"checking out {base}"):
+        _finish_create(ws)
+
+
+def _finish_create(ws: Workspace) -> None:
+    """Check out a workspace whose creation stopped after its ``.git`` was in place (nothing in its work
+    tree can be the user's: it was an empty folder, and the checkout is vpatch's)."""
+    if not ws.exists():
+        return
+    mark = ws.path / ".git" / "vpatch" / FRESH_MARK
+    if mark.exists():
+        ws.git.run("checkout", "-q", "-f", "--detach", "HEAD")
+        mark.unlink()
+
+
 def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
-    """Work through ``op['todo']``; stop with :class:`StoppedForConflict` at a conflict."""
+    """Work through ``op['todo']``; stop with :class:`StoppedForConflict` at a conflict.
+
+    Clean patches go the index-only way (:class:`~.entries.IndexOnly`: no work tree writes, one checkout
+    at the end); an overlay, or a patch that does not apply cleanly, first brings the work tree to the tip
+    and goes the exact way. The state is saved once per entry (with ``tip``, the last commit made)."""
     g = ws.git
     total = len(op["todo"])
-    with output.progress(f"applying onto {op['base']}", total=total) as step:
-        while op["todo"]:
-            eid = op["todo"][0]
-            entry = series.get(eid)
-            step.detail(eid)
-            digest = _digests(series, [entry])[eid]
-            if entry.kind == "patch":
-                out = apply_patch_entry(ws, series, entry, digest)
-            else:
-                out = apply_overlay_entry(ws, series, entry, digest, op["base_commit"])
-            if out.result == "conflict":
-                op["current"] = {"id": eid, "title": entry.title, "message": out.message, "digest": digest,
-                                 "conflicts": out.conflicts, "detail": out.detail}
-                ws.save_operation(op)
-                step.log(f"[red]✗[/] {eid}: conflict")
-                _stop(ws, op)
-            _record(ws, op, eid, out)
-            step.log(_line(eid, out))
-            step.advance(1)
+    head = g.head() or op["base_commit"]
+    tip = op.get("tip")
+    # resuming after a kill in the index-only stretch: HEAD is behind the recorded tip; after `continue`
+    # or `skip` committed on HEAD (or anything else), HEAD is where to go on from
+    if not tip or tip == head or not g.run("merge-base", "--is-ancestor", head, tip, check=False).ok:
+        tip = head
+    fast = IndexOnly(ws, tip, op["branch"])
+    try:
+        with output.progress(f"applying onto {op['base']}", total=total) as step:
+            while op["todo"]:
+                eid = op["todo"][0]
+                entry = series.get(eid)
+                step.detail(eid)
+                digest = _digests(series, [entry])[eid]
+                out = fast.try_patch(series, entry, digest) if entry.kind == "patch" else None
+                if out is None:
+                    fast.materialize()
+                    if entry.kind == "patch":
+                        out = apply_patch_entry(ws, series, entry, digest)
+                    else:
+                        out = apply_overlay_entry(ws, series, entry, digest, op["base_commit"])
+                    if out.commit:
+                        fast.tip = out.commit
+                if out.result == "conflict":
+                    op["current"] = {"id": eid, "title": entry.title, "message": out.message, "digest": digest,
+                                     "conflicts": out.conflicts, "detail": out.detail}
+                    op["tip"] = fast.tip
+                    ws.save_operation(op)
+                    step.log(f"[red]✗[/] {eid}: conflict")
+                    _stop(ws, op)
+                op["tip"] = fast.tip
+                _record(ws, op, eid, out)
+                step.log(_line(eid, out))
+                step.advance(1)
+        fast.materialize()
+    finally:
+        fast.close()
     return _finish(ws, op)
 
 
@@ -191,7 +257,12 @@ def _line(eid: str, out: Outcome) -> str:
 def _record(ws: Workspace, op: dict, eid: str, out: Outcome) -> None:
     op["todo"].pop(0)
     op["current"] = None
-    rec = {"id": eid, "result": out.result, "commit": out.commit, "detail": out.detail}
+    rec: dict[str, Any] = {"id": eid, "result": out.result, "commit": out.commit, "detail": out.detail}
+    if out.commit:  # broken Python a merge left behind (manager/pycheck.py), reported on the entry
+        from .pycheck import commit_findings, describe
+        if found := commit_findings(ws.git, out.commit):
+            rec["pycheck"] = found
+            output.say(f"[red]![/] {eid}: {describe(found)}")
     op["done"].append(rec)
     if out.result in ("already-upstream", "empty", "skipped"):
         op["skipped"][eid] = f"{out.result}: {out.detail}".rstrip(": ")
@@ -218,8 +289,20 @@ def _stop(ws: Workspace, op: dict) -> None:
 
 def _finish(ws: Workspace, op: dict) -> dict:
     branch = op["branch"]
+    if op["op"] not in FINISHERS and op.get("finisher_module"):  # e.g. `vpatch continue` after a rebase stop
+        import importlib
+        importlib.import_module(op["finisher_module"])  # registers its finisher
+    finisher = FINISHERS.get(op["op"])
+    extra: dict = {}
+    if finisher:
+        # the finisher writes the series back (rebase: series.toml, patches, resolutions): keep a copy of
+        # patches/ first and run it while the operation is still recorded, so a kill in the middle of it
+        # is undone by `vpatch abort` like any other point of the operation
+        _backup_series(ws, op)
+        extra = finisher(ws, op) or {}
     ws.set_skipped(branch, op["skipped"])
     ws.clear_operation()
+    shutil.rmtree(ws.vp_dir / SERIES_BACKUP, ignore_errors=True)
     g = ws.git
     resolved = [d["id"] for d in op["done"] if d["result"] == "resolved"]
     summary = {"op": op["op"], "base": op["base"], "base_commit": op["base_commit"], "branch": branch,
@@ -228,13 +311,49 @@ def _finish(ws: Workspace, op: dict) -> dict:
     if resolved:
         summary["hint"] = (f"entries resolved by hand: {', '.join(resolved)}; "
                            "`vpatch refresh` writes the resolutions back into patches/")
-    if op["op"] not in FINISHERS and op.get("finisher_module"):  # e.g. `vpatch continue` after a rebase stop
-        import importlib
-        importlib.import_module(op["finisher_module"])  # registers its finisher
-    finisher = FINISHERS.get(op["op"])
-    if finisher:
-        summary.update(finisher(ws, op) or {})
+    summary.update(extra)
     return summary
+
+
+SERIES_BACKUP = "series-backup"  # in .git/vpatch/: patches/ as it was before a finisher wrote to it
+
+
+def _backup_series(ws: Workspace, op: dict) -> None:
+    dest = ws.vp_dir / SERIES_BACKUP
+    if op.get("finishing") and dest.is_dir():
+        return  # a finish interrupted before: its copy is the one from before the first attempt
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(Path(op["series"]).parent, dest, symlinks=True)
+    op["finishing"] = True
+    ws.save_operation(op)
+
+
+def _restore_series(ws: Workspace, op: dict) -> list[str]:
+    """Put patches/ back as it was before the finisher started (files it wrote or added)."""
+    src, dest = ws.vp_dir / SERIES_BACKUP, Path(op["series"]).parent
+    if not src.is_dir():
+        return []
+    restored = []
+    keep = set()
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        keep.add(rel)
+        if p.is_file() and not p.is_symlink():
+            t = dest / rel
+            if not t.is_file() or t.read_bytes() != p.read_bytes():
+                atomic.write_bytes(t, p.read_bytes(), p.stat().st_mode & 0o7777)
+                restored.append(str(t))
+    for t in sorted(dest.rglob("*"), reverse=True):
+        rel = t.relative_to(dest)
+        if rel not in keep:
+            if t.is_dir() and not t.is_symlink():
+                if not any(t.iterdir()):
+                    t.rmdir()
+            else:
+                t.unlink()
+                restored.append(str(t))
+    shutil.rmtree(src, ignore_errors=True)
+    return restored
 
 
 FINISHERS: dict = {}  # op name -> callable(ws, op) -> dict, for operations built on this engine (rebase)
@@ -307,10 +426,19 @@ def skip_op(ws: Workspace, series_loader) -> dict:
         return run_operation(ws, series, op)
 
 
-def abort_op(ws: Workspace) -> dict:
-    """Put back the branch, HEAD, index and work tree of before the operation."""
+def abort_op(ws: Workspace, force: bool = False) -> dict:
+    """Put back the branch, HEAD, index and work tree of before the operation.
+
+    ``force``: when the operation's state file is damaged, forget it and put the index and tracked files
+    back to HEAD (the branch and its commits stay; git's reflog shows where they were)."""
     with ws.lock():
-        op = load_op(ws)
+        _finish_create(ws)
+        try:
+            op = load_op(ws)
+        except StateError:
+            if not force:
+                raise
+            return _forget_damaged(ws)
         g = ws.git
         orig = op["orig"]
         g.run("reset", "-q", "--hard")
@@ -337,6 +465,19 @@ def abort_op(ws: Workspace) -> dict:
             g.set_ref(BASE_REF, orig["base_ref"])
         else:
             g.delete_ref(BASE_REF)
-        ws.set_skipped(op["branch"], orig.get("skipped") or {})
+        ws.set_skipped(op["branch"], orig.get("skipped") or {}, repair=True)
+        restored = _restore_series(ws, op) if op.get("finishing") else []
+        if restored:
+            output.say(f"put back {len(restored)} file(s) of patches/ the interrupted finish had written")
         ws.clear_operation()
         return {"aborted": op["op"], "branch": g.head_branch(), "head": g.head(), "workspace": str(ws.path)}
+
+
+def _forget_damaged(ws: Workspace) -> dict:
+    g = ws.git
+    g.run("reset", "-q", "--hard")
+    ws.clear_operation()
+    output.say(f"forgot the damaged operation state; the workspace is clean at HEAD "
+               f"(`git -C {ws.path} reflog` shows where the branch was before the operation)")
+    return {"aborted": "damaged operation", "branch": g.head_branch(), "head": g.head(), "workspace": str(ws.path),
+            "forced": True}

@@ -31,7 +31,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -63,7 +63,7 @@ class BuildConfig(BaseModel):
     arch: list[str] = Field(default_factory=lambda: list(DEFAULT_ARCH))
     jobs: int | None = Field(default=None, ge=1, le=4096)
     python: str | None = None
-    ccache: Union[bool, Literal["auto"]] = "auto"
+    ccache: bool | Literal["auto"] = "auto"
     build_type: str = "Release"
     keep_artefacts: int = Field(default=4, ge=0, le=1000)
     env: dict[str, str] = Field(default_factory=dict)

@@ -97,21 +97,87 @@ def conflict_report(ws: Workspace) -> list[dict]:
     return report
 
 
+def cleanup_message(text: str) -> str:
+    """What ``git commit -F -`` makes of a message (cleanup mode *whitespace*): trailing spaces and leading
+    and trailing blank lines dropped, runs of blank lines made one."""
+    out: list[str] = []
+    blank = False
+    for line in text.split("\n"):
+        line = line.rstrip()
+        if not line:
+            blank = bool(out)
+            continue
+        if blank:
+            out.append("")
+            blank = False
+        out.append(line)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def patch_message(ws: Workspace, series: Series, entry: Entry, digest: str) -> tuple[PatchInfo, dict]:
+    g = ws.git
+    info = parse_patch(series.path.resolve().parent / entry.patch_file, g)
+    return info, {"author_name": info.author_name, "author_email": info.author_email, "date": info.date,
+                  "text": with_trailers(g, info.message, entry.id, digest)}
+
+
+class IndexOnly:
+    """The fast path of `apply`: patches that apply cleanly are laid onto a private index
+    (``.git/vpatch/fast-index``) and committed with ``commit-tree`` on top of ``tip``, without touching the
+    work tree, HEAD or the branch; :meth:`materialize` then moves the branch and the work tree to the tip
+    in one checkout. A patch that does not apply cleanly returns None and goes the exact way (3-way,
+    reverse-apply probe, conflict report) on a materialized work tree. Commits are the same as `git commit`
+    would make (same tree, parent, identity, cleaned message)."""
+
+    def __init__(self, ws: Workspace, tip: str, branch: str):
+        self.ws, self.g, self.tip, self.branch = ws, ws.git, tip, branch
+        self.index = ws.vp_dir / "fast-index"
+        self.env = {"GIT_INDEX_FILE": str(self.index)}
+        self.loaded: str | None = None
+        for p in (self.index, self.index.with_name("fast-index.lock")):
+            p.unlink(missing_ok=True)  # ours alone; a killed run's leftovers (we hold the workspace lock)
+
+    def try_patch(self, series: Series, entry: Entry, digest: str) -> Outcome | None:
+        info, message = patch_message(self.ws, series, entry, digest)
+        if not info.diff.strip():
+            return None
+        if self.loaded != self.tip:
+            self.g.run("read-tree", self.tip, env=self.env)
+            self.loaded = self.tip
+        if not self.g.run("apply", "--cached", "--whitespace=nowarn", "-", env=self.env, input=info.diff.encode(
+                "utf-8", "surrogateescape"), check=False).ok:
+            self.loaded = None  # atomic: nothing was written, but read it again to be sure
+            return None
+        tree = self.g.run("write-tree", env=self.env).out
+        if tree == self.g.tree_of(self.tip):
+            self.loaded = None
+            return None  # changes nothing: the exact path says why (already upstream, empty)
+        ident = identity_env(message["author_name"], message["author_email"], message["date"])
+        sha = self.g.run("commit-tree", tree, "-p", self.tip, "-F", "-", env=ident,
+                         input=cleanup_message(message["text"])).out
+        self.tip = self.loaded = sha
+        return Outcome("clean", commit=sha, message=message)
+
+    def materialize(self) -> None:
+        """Branch, HEAD, index and work tree to the tip (no -f: edits made meanwhile are never overwritten)."""
+        if self.g.head() != self.tip:
+            self.g.run("checkout", "-q", "-B", self.branch, self.tip)
+
+    def close(self) -> None:
+        for p in (self.index, self.index.with_name("fast-index.lock")):
+            p.unlink(missing_ok=True)
+
+
 def apply_patch_entry(ws: Workspace, series: Series, entry: Entry, digest: str) -> Outcome:
     g = ws.git
-    patches_dir = series.path.resolve().parent
-    path = patches_dir / entry.patch_file
-    info = parse_patch(path, g)
-    message = {"author_name": info.author_name, "author_email": info.author_email, "date": info.date,
-               "text": with_trailers(g, info.message, entry.id, digest)}
+    info, message = patch_message(ws, series, entry, digest)
     if not info.diff.strip():
         return Outcome("empty", detail="the patch has no diff", message=message)
     with tempfile.NamedTemporaryFile("w", suffix=".diff", delete=False) as tmp:
         tmp.write(info.diff)
         diff_path = tmp.name
     try:
-        if g.run("apply", "--check", "--index", diff_path, check=False).ok:
-            g.run("apply", "--index", "--whitespace=nowarn", diff_path)
+        if g.run("apply", "--index", "--whitespace=nowarn", diff_path, check=False).ok:  # all or nothing
             return Outcome("clean", commit=commit(ws, message), message=message)
         if g.run("apply", "--check", "--reverse", "--index", diff_path, check=False).ok:
             return Outcome("already-upstream", detail="its change is already in the tree (the patch reverse-applies cleanly)",

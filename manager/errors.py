@@ -10,6 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached vpatch (a CI job's timeout, ``kill``): unwinds like Ctrl-C, so every ``with`` block
+    runs its exit -- servers and benchmarks vpatch started are stopped, locks released -- then exit 143."""
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (the CLI installs it once at start)."""
+    import signal
+
+    def _handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second TERM ends the process at once
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _handler)
+
+
 class VpatchError(Exception):
     """A failure the user can act on."""
 

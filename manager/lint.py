@@ -31,6 +31,82 @@ def patch_paths(text: str) -> list[str]:
     return paths
 
 
+HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def _strip_prefix(p: str, prefix: str) -> str | None:
+    return None if p == "/dev/null" else (p[len(prefix):] if p.startswith(prefix) else p)
+
+
+def diff_problems(text: str) -> list[tuple[int, str]]:
+    """What is wrong with the diff part of a patch (pure): (line, message) for a truncated hunk, a hunk
+    whose header counts a different number of lines than it holds, and ``---``/``+++`` lines naming
+    another file than their ``diff --git`` header. The commit message before the first diff is not read."""
+    out: list[tuple[int, str]] = []
+    lines = text.splitlines()
+    files: tuple[str, str] | None = None
+    hunk: list | None = None  # [header line, old left, new left, header text]
+    last: list | None = None  # the last hunk that completed
+
+    def close(n: int) -> None:
+        nonlocal hunk
+        if hunk and (hunk[1] > 0 or hunk[2] > 0):
+            out.append((hunk[0], f"hunk {hunk[3]} is truncated: {hunk[1]} old and {hunk[2]} new lines missing "
+                                 f"before line {n}"))
+        hunk = None
+
+    started = False
+    for n, line in enumerate(lines, 1):
+        if not started:
+            started = line.startswith("diff --git ")
+            if not started:
+                continue
+        if hunk is not None:
+            if line.startswith("\\"):
+                continue
+            kind = line[:1]
+            if kind in ("", " ", "-", "+"):
+                if kind in ("", " ", "-"):
+                    hunk[1] -= 1
+                if kind in ("", " ", "+"):
+                    hunk[2] -= 1
+                if hunk[1] < 0 or hunk[2] < 0:
+                    out.append((hunk[0], f"hunk {hunk[3]} holds more lines than its header counts (line {n})"))
+                    hunk = None
+                elif hunk[1] == 0 and hunk[2] == 0:
+                    last, hunk = hunk, None
+                continue
+            close(n)
+        if line == "-- ":  # format-patch's signature: the diff is over
+            break
+        if line.startswith("diff --git "):
+            parts = line.split(" ")
+            files = (parts[2][2:], parts[3][2:]) if len(parts) == 4 and parts[2].startswith("a/") and parts[3].startswith("b/") else None
+        elif line.startswith("--- ") and files:
+            p = _strip_prefix(line[4:].rstrip("\t"), "a/")
+            if p is not None and p != files[0]:
+                out.append((n, f"'---' names {p!r} but its 'diff --git' header names {files[0]!r}"))
+        elif line.startswith("+++ ") and files:
+            p = _strip_prefix(line[4:].rstrip("\t"), "b/")
+            if p is not None and p != files[1]:
+                out.append((n, f"'+++' names {p!r} but its 'diff --git' header names {files[1]!r}"))
+        elif m := HUNK_RE.match(line):
+            old = int(m.group(2)) if m.group(2) is not None else 1
+            new = int(m.group(4)) if m.group(4) is not None else 1
+            hunk = [n, old, new, line.split(" @@")[0] + " @@"]
+            if old == 0 and new == 0:
+                out.append((n, f"hunk {hunk[3]} changes nothing"))
+                hunk = None
+        elif line[:1] in ("+", "-", " ") and not line.startswith(("+++ ", "--- ")):
+            if last is not None and len(last) == 4:
+                out.append((last[0], f"hunk {last[3]} holds more lines than its header counts (line {n} is left over)"))
+                last.append("reported")
+            elif last is None:
+                out.append((n, "a diff line outside any hunk"))
+    close(len(lines) + 1)
+    return out
+
+
 def lint_series(series: Series) -> list[Problem]:
     problems: list[Problem] = []
     patches_dir = series.path.resolve().parent
@@ -62,6 +138,8 @@ def lint_series(series: Series) -> list[Problem]:
                     for p in m.groups():
                         if p and p != "/dev/null" and (why := safe_relpath(p)):
                             problems.append(Problem(Location(f, lineno, e.id), why))
+                for lineno, msg in diff_problems(text):
+                    problems.append(Problem(Location(f, lineno, e.id), msg))
                 for lineno, line in enumerate(text.splitlines(), 1):
                     if re.match(r"^(new file mode|new mode|index \S+ )120000", line):
                         problems.append(Problem(Location(f, lineno, e.id), "the patch creates a symbolic link"))

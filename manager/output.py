@@ -9,14 +9,28 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from functools import cache
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 _state = {"json": False, "quiet": False}
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@cache
+def _console(err: bool) -> Console:
+    from rich.console import Console  # imported on first output: `vpatch --help` and JSON runs never pay for it
+
+    return Console(stderr=err, highlight=False, soft_wrap=True, emoji=False)
+
+
+def __getattr__(name: str) -> Any:  # output.stdout / output.stderr, made on first use
+    if name in ("stdout", "stderr"):
+        return _console(name == "stderr")
+    raise AttributeError(name)
 
 
 def set_mode(*, json_mode: bool = False, quiet: bool = False) -> None:
@@ -30,7 +44,7 @@ def json_mode() -> bool:
 
 def human() -> Console:
     """The console for human-readable output (stderr in --json mode, so stdout stays JSON)."""
-    return stderr if _state["json"] else stdout
+    return _console(_state["json"])
 
 
 def say(*args: Any, **kw: Any) -> None:
@@ -44,8 +58,10 @@ def emit_json(data: Any) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int | None = None) -> Iterator["Step"]:
+def progress(description: str, total: int | None = None) -> Iterator[Step]:
     """A progress bar (or spinner when total is None) on stderr, showing phase and elapsed time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     prog = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -53,7 +69,7 @@ def progress(description: str, total: int | None = None) -> Iterator["Step"]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        console=stderr,
+        console=_console(True),
         transient=total is None,
         disable=_state["quiet"],
     )
@@ -68,7 +84,7 @@ class Step:
         self.started = time.monotonic()
 
     def advance(self, n: int = 1, detail: str | None = None) -> None:
-        kw = {"detail": detail} if detail is not None else {}
+        kw: dict[str, Any] = {"detail": detail} if detail is not None else {}
         self._prog.update(self._task, advance=n, **kw)
 
     def detail(self, text: str) -> None:

@@ -8,14 +8,13 @@ changes no byte.
 from __future__ import annotations
 
 import re
-import stat
 from pathlib import Path
 
 import tomlkit
 
 from . import atomic
 from .errors import VpatchError, WorkspaceError
-from .git import Git
+from .git import Git, Scratch
 from .patchfile import render_patch, same_patch, strip_trailers
 from .series import ID_RE, Series
 from .workspace import Workspace, overlay_files
@@ -106,6 +105,11 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
                 f"the workspace is on {on} but the series is pinned to {series.base}: refreshing would write "
                 f"patches made against {on} into a series based on {series.base}",
                 f"to move the series, `vpatch rebase --onto {on}`; to edit it, `vpatch apply` (onto {series.base}) first")
+        unknown = [i for i in ids or [] if i not in {c.entry_id for c in applied}]
+        if unknown:
+            raise WorkspaceError(f"no commit of entry {unknown[0]!r} on the workspace branch"
+                                 + (f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+                                 "applied entries are: " + (", ".join(c.entry_id or "?" for c in applied) or "(none)"))
         bad = [c for c in applied if not c.entry_id]
         if bad:
             c = bad[0]
@@ -122,6 +126,7 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
         added: list[str] = []
         for c in applied:
             eid = c.entry_id
+            assert eid is not None  # `bad` above: every applied commit names its entry
             if ids and eid not in ids:
                 continue
             entry = known.get(eid)
@@ -156,7 +161,7 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
                         if not body.strip():
                             del t["message"]
         old_order = [t["id"] for t in aot]
-        ws_ids = [c.entry_id for c in applied]
+        ws_ids = [c.entry_id for c in applied if c.entry_id]
         new_order = reorder(old_order, ws_ids)
         if new_order != old_order:
             new_aot = tomlkit.aot()
@@ -191,10 +196,17 @@ def new_entry(ws: Workspace, series: Series, eid: str, title: str, body: str | N
 
 
 def import_commits(git_repo: Path, series: Series, rev_range: str, after: str | None, area: str) -> dict:
-    g = Git(git_repo)
-    shas = g.commits(rev_range)
+    """Import ``rev_range`` of ``git_repo`` as patch entries. ``git_repo`` is only read: the patches are rendered
+    in a scratch repository that borrows its objects, so it stays byte-for-byte unchanged (a read-only mirror
+    works)."""
+    with Scratch(git_repo) as scratch:
+        return _import_commits(scratch.source, scratch.git, series, rev_range, after, area)
+
+
+def _import_commits(src: Git, g: Git, series: Series, rev_range: str, after: str | None, area: str) -> dict:
+    shas = src.commits(rev_range)
     if not shas:
-        raise VpatchError(f"no commits in {rev_range} of {git_repo}")
+        raise VpatchError(f"no commits in {rev_range} of {src.path}")
     patches_dir = series.path.resolve().parent
     doc = _load_doc(series)
     aot = doc.setdefault("entry", tomlkit.aot())

@@ -36,7 +36,7 @@ def _complete(d: Path) -> bool:
 def copy_in(store: Path, g: Git) -> list[str]:
     """Resolutions from the repository into the workspace's rr-cache (existing ones are kept)."""
     rr = g.git_dir / "rr-cache"
-    added = []
+    added: list[str] = []
     if not store.is_dir():
         return added
     for d in sorted(store.iterdir()):
@@ -56,7 +56,7 @@ def copy_in(store: Path, g: Git) -> list[str]:
 def copy_out(g: Git, store: Path) -> list[str]:
     """Completed resolutions of the workspace's rr-cache into the repository; returns the new ones."""
     rr = g.git_dir / "rr-cache"
-    new = []
+    new: list[str] = []
     if not rr.is_dir():
         return new
     for d in sorted(rr.iterdir()):

@@ -27,6 +27,7 @@ Example::
 """
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ METRICS = ("tpot", "ttft", "itl", "throughput", "gsm8k", "kernel")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: pydantic builds a model's validator on its first model_validate, which a well-formed
+    # series never reaches (see _fast_entry); building all of them costs more than `vpatch status` itself
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Claim(_Model):
@@ -58,6 +61,20 @@ class Claim(_Model):
     unit: str | None = None
     gate: Literal["on", "off"] | None = None
     note: str | None = None
+
+    @field_validator("before", "after")
+    @classmethod
+    def _measured(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{v} is not a measurement (a finite number above 0)")
+        return v
+
+    @field_validator("change_pct")
+    @classmethod
+    def _pct(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v > -100):
+            raise ValueError(f"{v} is not a relative change (a finite percentage above -100)")
+        return v
 
     @field_validator("metric")
     @classmethod
@@ -99,7 +116,7 @@ class Entry(_Model):
     author: str | None = Field(default=None, description="overlay only: 'Name <email>'")
     gate: dict[str, str] = Field(default_factory=dict)
     claims: tuple[Claim, ...] = ()
-    upstream: Upstream = Upstream()
+    upstream: Upstream = Upstream.model_construct()  # not Upstream(): that would build its validator at import
     checks: tuple[str, ...] = ()
     bench: str | None = Field(default=None, description="kernel micro-benchmark command (prints JSON samples)")
 
@@ -136,7 +153,7 @@ class Entry(_Model):
         return {k: str(val) for k, val in v.items()}
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "Entry":
+    def _kind_fields(self) -> Entry:
         if self.kind == "overlay" and self.patch:
             raise ValueError("an overlay entry has no 'patch' (its files live in overlay/<id>/)")
         if self.kind == "patch" and (self.message or self.author):
@@ -234,6 +251,93 @@ def _key_line(text: str, start: int, end: int | None, key: str) -> int:
     return start
 
 
+# --- the fast path: a well-formed series never runs pydantic's validators -------------------------------
+# Each function returns the model built with model_construct when the table is certainly valid (a strict
+# subset of what the model accepts, converted as pydantic would), else None: then model_validate runs and
+# says what is wrong, in the same words as always. tests/manager/test_series_fast.py holds the two equal.
+
+_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_HEADER_KEYS = frozenset({"name", "base", "source", "package", "author"})
+_ENTRY_STR = frozenset({"id", "title", "kind", "area", "patch", "message", "author", "bench"})
+_CLAIM_KEYS = frozenset({"metric", "direction", "before", "after", "change_pct", "unit", "gate", "note"})
+
+
+def _fast_header(raw: object) -> SeriesHeader | None:
+    if not (isinstance(raw, dict) and "base" in raw and raw.keys() <= _HEADER_KEYS
+            and all(type(v) is str for v in raw.values())):
+        return None
+    return SeriesHeader.model_construct(**raw)
+
+
+def _number(v: object) -> float | None:
+    return float(v) if type(v) in (int, float) and math.isfinite(v) else None  # type: ignore[arg-type]
+
+
+def _fast_claim(raw: object) -> Claim | None:
+    if not (isinstance(raw, dict) and "metric" in raw and raw.keys() <= _CLAIM_KEYS):
+        return None
+    d = dict(raw)
+    for k in ("metric", "unit", "note"):
+        if k in d and type(d[k]) is not str:
+            return None
+    if d["metric"].split(":", 1)[0] not in METRICS or d.get("direction", "lower") not in ("lower", "higher", "same") \
+            or d.get("gate", "on") not in ("on", "off"):
+        return None
+    for k, lo in (("before", 0.0), ("after", 0.0), ("change_pct", -100.0)):
+        if k in d:
+            v = _number(d[k])
+            if v is None or v <= lo:
+                return None
+            d[k] = v
+    return Claim.model_construct(**d)
+
+
+def _fast_upstream(v: object) -> Upstream | None:
+    if v in (None, "pending"):
+        return Upstream.model_construct(state="pending")
+    if isinstance(v, dict) and len(v) == 1:
+        (k, val), = v.items()
+        if k == "submitted" and type(val) is str:
+            return Upstream.model_construct(state="submitted", url=val)
+        if k == "merged" and type(val) is str and VERSION_RE.match(val):
+            return Upstream.model_construct(state="merged", version=val)
+    return None
+
+
+def _fast_entry(raw: object) -> Entry | None:
+    if not (isinstance(raw, dict) and "id" in raw and "title" in raw
+            and raw.keys() <= _ENTRY_STR | {"gate", "claims", "upstream", "checks"}):
+        return None
+    d = dict(raw)
+    if any(type(d[k]) is not str for k in _ENTRY_STR & d.keys()) or not ID_RE.match(d["id"]) \
+            or d.get("kind", "patch") not in ("patch", "overlay"):
+        return None
+    if d.get("kind") == "overlay" and d.get("patch") or d.get("kind", "patch") == "patch" and (d.get("message") or d.get("author")):
+        return None
+    if "gate" in d:
+        if not (isinstance(d["gate"], dict) and all(type(k) is str and _ENV_RE.match(k) and type(v) is str
+                                                    for k, v in d["gate"].items())):
+            return None
+        d["gate"] = dict(d["gate"])
+    if "checks" in d:
+        if not (isinstance(d["checks"], list) and all(type(c) is str for c in d["checks"])):
+            return None
+        d["checks"] = tuple(d["checks"])
+    if "claims" in d:
+        if not isinstance(d["claims"], list):
+            return None
+        claims = [_fast_claim(c) for c in d["claims"]]
+        if any(c is None for c in claims):
+            return None
+        d["claims"] = tuple(claims)
+    if "upstream" in d:
+        up = _fast_upstream(d["upstream"])
+        if up is None:
+            return None
+        d["upstream"] = up
+    return Entry.model_construct(**d)
+
+
 def parse_series(text: str, path: Path) -> Series:
     """Parse and validate; raise :class:`SeriesError` naming the file, line and entry of each problem."""
     try:
@@ -251,7 +355,7 @@ def parse_series(text: str, path: Path) -> Series:
         problems.append(Problem(Location(path, 1), "missing [series] table (with at least base = \"vX.Y.Z\")"))
     else:
         try:
-            header = SeriesHeader.model_validate(doc["series"])
+            header = _fast_header(doc["series"]) or SeriesHeader.model_validate(doc["series"])
         except ValidationError as e:
             for err in e.errors():
                 key = str(err["loc"][0]) if err["loc"] else ""
@@ -269,7 +373,7 @@ def parse_series(text: str, path: Path) -> Series:
         end = entry_lines[i + 1] if i + 1 < len(entry_lines) else None
         eid = raw.get("id") if isinstance(raw, dict) else None
         try:
-            entry = Entry.model_validate(raw)
+            entry = _fast_entry(raw) or Entry.model_validate(raw)
         except ValidationError as e:
             for err in e.errors():
                 key = str(err["loc"][0]) if err["loc"] else ""
@@ -294,10 +398,21 @@ def parse_series(text: str, path: Path) -> Series:
 def load_series(path: Path) -> Series:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SeriesError([Problem(Location(path), "series file not found")],
                           hint="run `vpatch init --base vX.Y.Z` to start one, or pass --series PATH") from None
+    except IsADirectoryError:
+        raise SeriesError([Problem(Location(path), "is a directory, not a series file")],
+                          hint="pass --series the series.toml file (default patches/series.toml)") from None
+    except OSError as e:
+        raise SeriesError([Problem(Location(path), f"cannot read the series file: {e.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SeriesError([Problem(Location(path, line), f"not UTF-8 text (byte {data[e.start]:#04x})")],
+                          hint="TOML files are UTF-8: re-save the file as UTF-8") from None
     return parse_series(text, path)
 
 

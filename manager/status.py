@@ -9,6 +9,7 @@ from .workspace import Workspace
 
 def workspace_status(ctx: Context, series: Series) -> dict:
     ws = Workspace(ctx.workspace)
+    ws.check_path()
     data: dict = {"series": str(ctx.series_path), "base": series.base, "source": series.source,
                   "workspace": str(ws.path), "exists": ws.exists()}
     patches_dir = series.path.resolve().parent
@@ -25,7 +26,8 @@ def workspace_status(ctx: Context, series: Series) -> dict:
     data.update({"branch": branch, "head": g.head(), "tree": g.tree_of("HEAD") if g.head() else None,
                  "workspace_base": base, "base_commit": binfo.get("base_commit"),
                  "workspace_source": binfo.get("source"), "dirty": g.status_porcelain(),
-                 "operation": ws.operation()})
+                 "operation": ws.operation(),
+                 "git_locks": [lk.as_dict() for lk in ws.git_locks()]})
     applied = {c.entry_id: c for c in ws.applied()} if binfo else {}
     unknown = [c.sha for c in ws.applied() if c.entry_id is None] if binfo else []
     skipped = ws.skipped(branch) if branch else {}

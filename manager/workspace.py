@@ -7,7 +7,9 @@ Layout inside the workspace's ``.git``:
 - ``vpatch/operation.json`` — an operation in flight (apply/rebase stopped at a conflict, or killed);
   written *before* any change, so ``vpatch abort`` can always go back;
 - ``vpatch/skipped.json`` — entries skipped on a branch, and why;
-- ``vpatch/lock`` — the lock that keeps two vpatch processes apart.
+
+The lock that keeps two vpatch processes apart is an flock on the workspace folder itself
+(:func:`~.file_lock.locked_dir`). Every state file is a typed, versioned record (:mod:`state`).
 
 Each entry commit carries trailers ``Vpatch-Entry: <id>`` and ``Vpatch-Digest: <sha256>`` (the digest of
 the entry's content when it was applied), so the workspace maps back to the series at any time.
@@ -20,11 +22,11 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
-from . import atomic
+from . import atomic, state
 from .errors import WorkspaceError
-from .file_lock import locked
+from .file_lock import git_locks, locked_dir, remove_stale, wait_for_git
 from .git import Git
 from .series import Entry
 
@@ -54,6 +56,12 @@ class Workspace:
     def exists(self) -> bool:
         return (self.path / ".git").exists()
 
+    def check_path(self) -> None:
+        """Refuse a workspace path naming a file (one line, before anything reads or writes)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkspaceError(f"the workspace {self.path} is a file, not a directory",
+                                 "pass --workspace a folder: a new or empty one, or a vpatch workspace")
+
     @property
     def git(self) -> Git:
         if not self.exists():
@@ -69,10 +77,51 @@ class Workspace:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = (self.path / ".git" / "vpatch" / "lock") if self.exists() else self.path.parent / f".{self.path.name}.vpatch-lock"
-        with locked(lock_path):
-            yield
+        """One vpatch process per workspace: an flock on the workspace folder itself, taken before the
+        workspace is cloned (the folder is made empty first and removed again if nothing came of it), so it
+        never moves and nothing is written outside the workspace. Then git's leftovers are dealt with:
+        git processes a killed vpatch left running are waited for, and provably stale git locks removed."""
+        created = False
+        self.check_path()
+        if not self.path.exists():
+            self.path.mkdir(parents=True)
+            created = True
+        with locked_dir(self.path):
+            try:
+                if self.exists():
+                    self.recover_git()
+                yield
+            finally:
+                if created and self.path.is_dir() and not any(self.path.iterdir()):
+                    self.path.rmdir()
+
+    def git_locks(self) -> list:
+        """git's lock files in this workspace, each with whether it is provably stale (for `status`)."""
+        return git_locks(self.git.git_dir, self.path) if self.exists() else []
+
+    def recover_git(self) -> list[str]:
+        """Wait for git processes still working here (left by a killed vpatch), then remove provably stale
+        git locks, saying so; refuse with one line if a live one remains. Runs under the workspace lock."""
+        from . import output
+
+        left = wait_for_git([self.path], on_wait=lambda ps: output.say(
+            f"waiting for git pid {ps[0][0]} ({ps[0][1]}) still working in {self.path}"))
+        if left:
+            pid, cmd = left[0]
+            raise WorkspaceError(f"git pid {pid} ({cmd}) is still working in the workspace {self.path}",
+                                 "wait for it to finish (or stop it), then run the command again")
+        for p in (self.path / ".git" / "vpatch").glob("fast-index*"):
+            p.unlink(missing_ok=True)  # apply's private index (and its lock): only a vpatch under this lock uses it
+        removed = []
+        for lk in self.git_locks():
+            rel = lk.path.relative_to(self.path) if lk.path.is_relative_to(self.path) else lk.path
+            if remove_stale(lk):
+                removed.append(str(rel))
+                output.say(f"[yellow]removed a stale git lock[/] {rel} ({lk.why}: left by a killed git)")
+            elif lk.path.exists():
+                raise WorkspaceError(f"git's lock {lk.path} is in use: {lk.why}",
+                                     "wait for that git command to finish; if it is gone for good, delete the lock file")
+        return removed
 
     # --- recorded state ----------------------------------------------------------------------
     @property
@@ -80,13 +129,13 @@ class Workspace:
         return self.vp_dir / "workspace.json"
 
     def info(self) -> dict:
-        return atomic.read_json(self.info_path, {"branches": {}}) or {"branches": {}}
+        return state.read(state.WorkspaceInfo, self.info_path, None) or {"branches": {}}
 
     def record_branch(self, branch: str, base: str, base_commit: str, source: str, series: str) -> None:
         info = self.info()
         info.setdefault("branches", {})[branch] = {"base": base, "base_commit": base_commit,
                                                    "source": source, "series": series}
-        atomic.write_json(self.info_path, info)
+        atomic.write_json(self.info_path, state.stamp(info))
 
     def branch_info(self, branch: str | None = None) -> dict | None:
         branch = branch or self.git.head_branch()
@@ -97,10 +146,10 @@ class Workspace:
         return self.vp_dir / "operation.json"
 
     def operation(self) -> dict | None:
-        return atomic.read_json(self.op_path) if self.exists() else None
+        return state.read(state.Operation, self.op_path) if self.exists() else None
 
     def save_operation(self, op: dict) -> None:
-        atomic.write_json(self.op_path, op)
+        atomic.write_json(self.op_path, state.stamp(op))
 
     def clear_operation(self) -> None:
         try:
@@ -109,12 +158,18 @@ class Workspace:
             pass
 
     def skipped(self, branch: str) -> dict[str, str]:
-        return (atomic.read_json(self.vp_dir / "skipped.json", {}) or {}).get(branch, {})
+        return (state.read(state.Skipped, self.vp_dir / "skipped.json", {}) or {}).get(branch, {})
 
-    def set_skipped(self, branch: str, skipped: dict[str, str]) -> None:
-        data = atomic.read_json(self.vp_dir / "skipped.json", {}) or {}
+    def set_skipped(self, branch: str, skipped: dict[str, str], *, repair: bool = False) -> None:
+        path = self.vp_dir / "skipped.json"
+        try:
+            data = state.read(state.Skipped, path, {}) or {}
+        except state.StateError:
+            if not repair:
+                raise
+            data = {}  # `abort` restores a branch's record whole; a damaged file must not stop it
         data[branch] = skipped
-        atomic.write_json(self.vp_dir / "skipped.json", data)
+        atomic.write_json(path, state.stamp(data))
 
     # --- reading the applied stack -----------------------------------------------------------
     def base_commit(self) -> str | None:
