@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT_ID = {"GIT_AUTHOR_NAME": "Upstream Dev", "GIT_AUTHOR_EMAIL": "dev@upstream.invalid",
@@ -186,7 +186,6 @@ def vllm_history(repo: Path, series, n: int, seed: int = 1) -> tuple[str, list[s
 
 def naive(repo: Path, series, commits: list[str], work: Path) -> float:
     """checkout + ``git apply --check`` of every entry at each commit; seconds."""
-    from vpatch.manager.workspace import overlay_files
 
     patches_dir = series.path.resolve().parent
     patches = [str(patches_dir / e.patch_file) for e in series.entries
@@ -243,7 +242,7 @@ def main() -> None:
 
         changes = {}
         for i in range(1, len(per_commit)):
-            for (eid, s0), (_, s1) in zip(per_commit[i - 1], per_commit[i]):
+            for (eid, s0), (_, s1) in zip(per_commit[i - 1], per_commit[i], strict=False):
                 if s0 != s1:
                     changes.setdefault(eid, []).append(f"{s0}->{s1} at commit #{i}")
         entries = [e.id for e in series.entries]

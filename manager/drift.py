@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_right
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .git import Git
@@ -49,7 +50,7 @@ class History:
         return tp, self.states[tp]
 
 
-def read_history(g: Git, frm: str, to: str, paths: list[str], extra_points: set[int] = frozenset()) -> History:
+def read_history(g: Git, frm: str, to: str, paths: list[str], extra_points: AbstractSet[int] = frozenset()) -> History:
     commits = g.run("rev-list", "--first-parent", "--reverse", f"{frm}..{to}").out.split()
     pos = {c: i for i, c in enumerate(commits)}
     subjects = {}
@@ -107,7 +108,7 @@ def _shift(ranges: list[list[int]], up_hunks: list[tuple[int, int, int, int]]) -
     for k, (s, e) in enumerate(ranges):
         shift_s = shift_e = 0
         hit = False
-        for a, b, c, d in up_hunks:
+        for a, b, _c, d in up_hunks:
             if b == 0:  # pure insertion after line a
                 if a < s:
                     shift_s += d
@@ -158,9 +159,11 @@ def hunk_touches(g: Git, frm: str, to: str, diffs: list[EntryDiff]) -> dict[str,
             if line.startswith("diff --git "):
                 m = re.match(r"^diff --git a/(.+) b/(.+)$", line)
                 cur = m.group(1) if m else None
-                per_file.setdefault(cur, [])
+                if cur is not None:
+                    per_file.setdefault(cur, [])
             elif line.startswith("@@ ") and cur is not None:
                 m = re.match(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", line)
+                assert m is not None, line  # git writes every hunk header so
                 a, b, c, dd = (int(x) if x is not None else 1 for x in m.groups())
                 per_file[cur].append((a, b, c, dd))
         hit: dict[str, list[str]] = {}
@@ -170,7 +173,7 @@ def hunk_touches(g: Git, frm: str, to: str, diffs: list[EntryDiff]) -> dict[str,
                 continue
             keys = [(eid, i) for eid, i, _ in rows]
             new, touched = _shift([ranges[k] for k in keys], ups)
-            for k, r in zip(keys, new):
+            for k, r in zip(keys, new, strict=True):
                 ranges[k] = r
             for t in touched:
                 eid, i = keys[t]
@@ -215,9 +218,9 @@ class Scan:
         """Every entry's result at commit index ``i`` (``-1``: ``from``)."""
         self.probes += 1
         if self.memo:
-            tp, state = self.history.state_at(i)
+            _, state = self.history.state_at(i)
         else:  # no shortcut: read the commit's blobs from git and check from scratch
-            tp, state = i, self.checker.state_of(self.commit(i))
+            state = self.checker.state_of(self.commit(i))
             self.checker.memo.clear()
         hits = {eid: self.history.commits[p] for eid, p in self.hit_pos.items() if p <= i}
         return self.checker.check(state, upstream_hits=hits)
@@ -265,7 +268,12 @@ def drift(series: Series, source, frm: str, to: str, *, exhaustive: bool = False
     started = time.monotonic()
     if progress:
         progress(f"{frm}..{to} from {source.describe()}")
-    frm_sha, to_sha = source.ensure(frm), source.ensure(to)
+    walked = None
+    if hasattr(source, "walk"):  # pypi: every release in the range, chained in version order
+        walked = source.walk(frm, to, progress=progress)
+        frm_sha, to_sha = walked["from_commit"], walked["to_commit"]
+    else:
+        frm_sha, to_sha = source.ensure(frm), source.ensure(to)
     with Scratch(source.repo()) as scratch:
         g = scratch.git
         if not g.run("merge-base", "--is-ancestor", frm_sha, to_sha, check=False).ok:
@@ -303,6 +311,7 @@ def drift(series: Series, source, frm: str, to: str, *, exhaustive: bool = False
             return {"from": frm, "to": to, "from_commit": frm_sha, "to_commit": to_sha, "source": source.describe(),
                     "commits": len(h.commits), "touch_points": len(h.touch_points), "checks_run": scan.checker.runs,
                     "probes": scan.probes, "exhaustive": exhaustive, "declared_merged": scan.declared,
-                    "entries": entries, "scan_s": round(time.monotonic() - started, 3)}
+                    "entries": entries, "scan_s": round(time.monotonic() - started, 3),
+                    **({"releases": walked["releases"], "note": walked["note"]} if walked else {})}
         finally:
             scan.close()

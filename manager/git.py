@@ -1,8 +1,10 @@
-"""A thin layer over GitPython: every git call vpatch makes goes through :class:`Git`.
+"""The one git layer: every git call vpatch makes goes through :class:`Git`.
 
 Porcelain is often simpler than GitPython's object API (``git apply --3way``, ``git mailinfo``,
-``git patch-id``), so :meth:`Git.run` executes the git binary through GitPython with an argv list
-(never a shell string), an optional environment and stdin, and returns exit status and output.
+``git patch-id``), and GitPython runs those by spawning the git binary too; so :meth:`Git.run`
+spawns git itself with an argv list (never a shell string), an optional environment and stdin,
+and returns exit status and output. GitPython (``Git.repo``) is imported only when a caller needs
+its object model: importing it costs more than a whole ``vpatch status`` (README, "Start-up").
 """
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-import git as gitpython
 
 from .errors import VpatchError
 
@@ -33,52 +33,70 @@ class GitError(VpatchError):
     pass
 
 
+def _env(env: dict | None) -> dict:
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})}
+
+
+def run_git(*args: str, cwd: Path | str | None = None, env: dict | None = None, input: str | bytes | None = None,
+            check: bool = True, strip: bool = True) -> Result:
+    """``git ARGS`` in ``cwd``, for the calls that have no :class:`Git` (yet): cloning into a new folder,
+    a prefix worktree, an unpacked tree. Same conventions as :meth:`Git.run`."""
+    proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env),
+                          input=input.encode() if isinstance(input, str) else input, capture_output=True)
+    out = proc.stdout.decode("utf-8", "surrogateescape")
+    err = proc.stderr.decode("utf-8", "surrogateescape")
+    res = Result(proc.returncode, out.strip() if strip else out, err.strip())
+    if check and proc.returncode != 0:
+        raise GitError(f"git {' '.join(args[:3])}… failed in {cwd or os.getcwd()}: {res.err or res.out}".strip())
+    return res
+
+
+def run_git_bytes(*args: str, cwd: Path | str | None = None, env: dict | None = None,
+                  input: bytes | None = None) -> bytes:
+    """``git ARGS``'s raw stdout (``archive``, ``cat-file``); raises :class:`GitError` on failure."""
+    proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env), input=input, capture_output=True)
+    if proc.returncode != 0:
+        raise GitError(f"git {' '.join(args[:3])}… failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
 class Git:
     def __init__(self, path: Path):
         self.path = Path(path)
-        try:
-            self.repo = gitpython.Repo(self.path)
-        except (gitpython.NoSuchPathError, gitpython.InvalidGitRepositoryError):
-            raise GitError(f"{self.path} is not a git repository") from None
+        # the repository must be `path` itself, never one found above it (GitPython's Repo(path) rule)
+        ceiling = {"GIT_CEILING_DIRECTORIES": str(self.path.resolve().parent)}
+        r = self.run("rev-parse", "--absolute-git-dir", env=ceiling, check=False) if self.path.is_dir() else None
+        if r is None or not r.ok:
+            raise GitError(f"{self.path} is not a git repository")
+        self._git_dir = Path(r.out)
+        self._repo = None
 
     @classmethod
-    def init(cls, path: Path, bare: bool = False) -> "Git":
+    def init(cls, path: Path, bare: bool = False) -> Git:
         Path(path).mkdir(parents=True, exist_ok=True)
-        gitpython.Repo.init(path, bare=bare)
+        run_git("init", "-q", *(["--bare"] if bare else []), str(path))
         g = cls(path)
         g.run("config", "gc.auto", "0")
         return g
 
     @property
+    def repo(self):  # git.Repo; imported on first use only
+        if self._repo is None:
+            import git as gitpython
+
+            self._repo = gitpython.Repo(self.path)
+        return self._repo
+
+    @property
     def git_dir(self) -> Path:
-        return Path(self.repo.git_dir)
+        return self._git_dir
 
     def run(self, *args: str, env: dict | None = None, input: str | bytes | None = None,
             check: bool = True, strip: bool = True) -> Result:
-        full_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-        if env:
-            full_env.update(env)
-        proc = subprocess.run(
-            ["git", *args], cwd=self.path, env=full_env,
-            input=input.encode() if isinstance(input, str) else input,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        out = proc.stdout.decode("utf-8", "surrogateescape")
-        err = proc.stderr.decode("utf-8", "surrogateescape")
-        if strip:
-            out = out.strip()
-        res = Result(proc.returncode, out, err.strip())
-        if check and proc.returncode != 0:
-            raise GitError(f"git {' '.join(args[:3])}… failed in {self.path}: {res.err or res.out}".strip())
-        return res
+        return run_git(*args, cwd=self.path, env=env, input=input, check=check, strip=strip)
 
     def run_bytes(self, *args: str, env: dict | None = None, input: bytes | None = None) -> bytes:
-        full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
-        proc = subprocess.run(["git", *args], cwd=self.path, env=full_env, input=input,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if proc.returncode != 0:
-            raise GitError(f"git {' '.join(args[:3])}… failed: {proc.stderr.decode(errors='replace').strip()}")
-        return proc.stdout
+        return run_git_bytes(*args, cwd=self.path, env=env, input=input)
 
     # --- small helpers -----------------------------------------------------------------------
     def rev(self, ref: str) -> str | None:
@@ -141,3 +159,38 @@ class Git:
     def patch_id(self, diff_text: str) -> str | None:
         out = self.run("patch-id", "--stable", input=diff_text).out
         return out.split()[0] if out else None
+
+
+class Scratch:
+    """A throw-away bare repository that reads ``source_repo``'s objects (``objects/info/alternates``) and
+    writes only its own: for work that must leave the source byte-for-byte unchanged (index-only checks,
+    rendering patches of another repository's commits)."""
+
+    def __init__(self, source_repo: Path):
+        import tempfile
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="vpatch-check-"))
+        self.path = self.tmp / "scratch.git"
+        src = Path(source_repo)
+        objects = (src / "objects") if (src / "objects").is_dir() else (src / ".git" / "objects")
+        if not objects.is_dir():
+            raise GitError(f"{src} is not a git repository (no objects folder)")
+        self.git = Git.init(self.path, bare=True)
+        lines = [str(objects.resolve())]
+        src_alt = objects / "info" / "alternates"
+        if src_alt.exists():  # the source may borrow objects itself
+            lines += [ln for ln in src_alt.read_text().splitlines() if ln.strip()]
+        (self.path / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (self.path / "objects" / "info" / "alternates").write_text("\n".join(lines) + "\n")
+        self.source = Git(src)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -6,12 +6,12 @@ building a prefix never moves the user's branch or touches their work tree.
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import WorkspaceError
 from .file_lock import locked
+from .git import run_git
 from .workspace import Workspace
 
 
@@ -71,10 +71,8 @@ def materialize(ws: Workspace, prefix: Prefix, where: Path | None = None) -> Pat
             tree_dir.parent.mkdir(parents=True, exist_ok=True)
             g.run("worktree", "add", "-q", "--detach", "-f", str(tree_dir), prefix.commit)
         else:
-            r = subprocess.run(["git", "checkout", "-q", "-f", "--detach", prefix.commit], cwd=tree_dir,
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise WorkspaceError(f"cannot check out prefix {prefix.label} in {tree_dir}: {r.stderr.strip()}")
-            subprocess.run(["git", "clean", "-q", "-fdx", "-e", "build/", "-e", "*.egg-info"], cwd=tree_dir,
-                           capture_output=True)
+            r = run_git("checkout", "-q", "-f", "--detach", prefix.commit, cwd=tree_dir, check=False)
+            if not r.ok:
+                raise WorkspaceError(f"cannot check out prefix {prefix.label} in {tree_dir}: {r.err}")
+            run_git("clean", "-q", "-fdx", "-e", "build/", "-e", "*.egg-info", cwd=tree_dir, check=False)
     return tree_dir

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 import time
 from pathlib import Path
 
@@ -26,14 +28,14 @@ import tomlkit
 from . import atomic, output
 from .apply import FINISHERS, continue_op, skip_op, start_apply
 from .entries import identity_env, parse_patch, split_author, with_trailers
-from .errors import StoppedForConflict, VpatchError, WorkspaceError
+from .errors import StoppedForConflict, WorkspaceError
 from .git import Git
 from .patchfile import render_patch, same_patch
 from .resolutions import copy_in, copy_out, enable, remaining, store_of
 from .series import Series, Upstream, load_series, merged_at_or_before, parse_version
 from .sources import resolve_source
 from .upstream import check_series
-from .workspace import BASE_REF, Workspace, branch_for, entry_digest, overlay_files
+from .workspace import Workspace, branch_for, entry_digest, overlay_files
 
 
 def start_rebase(ctx, series: Series, onto: str, *, source: str | None = None, reset: bool = False,
@@ -195,7 +197,8 @@ def finish(ws: Workspace, op: dict) -> dict:
     for d in op["done"]:
         if d["result"] == "already-upstream":
             merged.setdefault(d["id"], {"how": "engine", "detail": d.get("detail", "")})
-    recorded, not_recorded = _update_series(series_path, onto, list(merged))
+    skipped = [d["id"] for d in op["done"] if d["result"] == "skipped"]
+    recorded, not_recorded = _update_series(series_path, onto, list(merged), skipped, rb["old_base"])
     series = load_series(series_path)
     written = refresh_patches(ws, series)
     summary = entry_summary(g, series, op, merged)
@@ -203,27 +206,50 @@ def finish(ws: Workspace, op: dict) -> dict:
                f"{op['base_commit']}..{g.head()}", check=False).out
     text = render_report(rb, op, summary, rd, g.head())
     atomic.write_text(Path(rb["report"]), text)
-    out = {"rebase": {"old_base": rb["old_base"], "onto": onto, "entries": summary, "range_diff": rd,
+    out: dict[str, Any] = {"rebase": {"old_base": rb["old_base"], "onto": onto, "entries": summary, "range_diff": rd,
                       "report": rb["report"], "recorded_merged": recorded, "patches_written": written,
                       "resolutions_recorded": new_resolutions, "resolutions_replayed": rb["replayed"]}}
     if not_recorded:
         out["rebase"]["not_recorded"] = not_recorded
+    out["rebase"]["skipped"] = [{"id": eid, "todo": skipped_todo(eid, onto)} for eid in skipped]
+    out["rebase"]["pycheck"] = {d["id"]: d["pycheck"] for d in op["done"] if d.get("pycheck")}
     out["hint"] = (f"series.toml now has base = {onto!r}; review {rb['report']} and commit patches/ "
                    "(including patches/.resolutions/)")
+    if skipped:
+        out["hint"] = (f"{len(skipped)} skipped entr{'y' if len(skipped) == 1 else 'ies'} still hold patches for "
+                       f"{rb['old_base']} that do not apply on {onto} (marked so in series.toml): "
+                       + "; ".join(f"{eid}: {skipped_todo(eid, onto)}" for eid in skipped))
     return out
+
+
+def skipped_todo(eid: str, onto: str) -> str:
+    """What to do with an entry left out of a rebase by ``vpatch skip``."""
+    return (f"either drop it (if {onto} holds its change: set `upstream = {{ merged = \"{onto}\" }}` on it, or "
+            f"delete the entry and its patch) or port it (`vpatch apply` stops at it; resolve, `vpatch continue`, "
+            f"then `vpatch refresh {eid}`)")
 
 
 FINISHERS["rebase"] = finish
 
 
-def _update_series(path: Path, onto: str, merged: list[str]) -> tuple[list[str], list[str]]:
+def _update_series(path: Path, onto: str, merged: list[str], skipped: Sequence[str] = (),
+                   old_base: str = "") -> tuple[list[str], list[str]]:
+    """Set the new base, record found-upstream entries as merged, and say in the file itself which entries'
+    patches were left for the old base (skipped) or could not be recorded (``--onto`` is not a release)."""
     doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     doc["series"]["base"] = onto
     recorded, not_recorded = [], []
     for t in doc.get("entry", []):
+        if t.get("id") in skipped:
+            t.add(tomlkit.comment(f"vpatch rebase {old_base} -> {onto}: skipped; its patch is still for {old_base} "
+                                  f"and does not apply on {onto}: port it (`vpatch apply`, resolve, `vpatch "
+                                  f"continue`, `vpatch refresh {t['id']}`) or drop it"))
         if t.get("id") in merged:
             if parse_version(onto) is None:
                 not_recorded.append(t["id"])  # `merged` takes a release version; a sha or branch can't be recorded
+                t.add(tomlkit.comment(f"vpatch rebase {old_base} -> {onto}: found upstream in {onto} (not a "
+                                      "release, so not recorded as merged): set `upstream = { merged = \"vX.Y.Z\" }` "
+                                      "with the first release that holds it"))
                 continue
             # parsed, not built, so it is spelled like the hand-written ones: { merged = "vX.Y.Z" }
             t["upstream"] = tomlkit.parse(f"x = {{ merged = {tomlkit.string(onto).as_string()} }}")["x"]

@@ -22,14 +22,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
+from . import atomic, output
 from .context import cache_dir
 from .errors import VpatchError
-from .file_lock import locked
-from .git import Git
+from .file_lock import LockedError, locked
+from .git import Git, run_git
 from .series import parse_version
 
 RELEASE_AUTHOR = {"GIT_AUTHOR_NAME": "PyPI release", "GIT_AUTHOR_EMAIL": "release@vpatch.invalid",
@@ -72,7 +74,7 @@ def resolve_source(spec: str, series_root: Path | None = None) -> Source:
 
 
 class LocalSource(Source):
-    kind = "local"  # type: ignore[assignment]
+    kind = "local"
 
     def repo(self) -> Path:
         p = Path(self.spec)
@@ -90,7 +92,7 @@ class LocalSource(Source):
 
 
 class GitUrlSource(Source):
-    kind = "git"  # type: ignore[assignment]
+    kind = "git"
 
     def repo(self) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec)[-80:]
@@ -98,14 +100,13 @@ class GitUrlSource(Source):
 
     def ensure(self, ref: str, progress=None) -> str:
         path = self.repo()
-        with locked(path.with_suffix(".lock"), "source mirror"):
+        with waiting_lock(path.with_suffix(".lock"), "source mirror"):
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                r = subprocess.run(["git", "clone", "--mirror", "--", self.spec, str(path)],
-                                   capture_output=True, text=True)
-                if r.returncode != 0:
+                r = run_git("clone", "--mirror", "--", self.spec, str(path), check=False)
+                if not r.ok:
                     shutil.rmtree(path, ignore_errors=True)
-                    raise SourceError(f"cannot clone {self.spec}: {r.stderr.strip().splitlines()[-1:]}",
+                    raise SourceError(f"cannot clone {self.spec}: {r.err.splitlines()[-1:]}",
                                       "no network to this host? use --source pypi or a local mirror path")
             g = Git(path)
             sha = g.rev(ref)
@@ -119,9 +120,17 @@ class GitUrlSource(Source):
 
 
 class PypiSource(Source):
-    """Released sdists as a git history: one commit + tag per release, in version order."""
+    """Released sdists as git commits: one **root commit** and one tag ``vX.Y.Z`` per release.
 
-    kind = "pypi"  # type: ignore[assignment]
+    A release's commit depends only on its tree (fixed identity, date and message), so the same release has
+    the same sha whatever else is cached, on every machine, and caching another release never moves a tag.
+    Ancestry between releases, which drift and an upstream bisect walk, is made on demand by :meth:`walk`: a
+    chain from ``A``'s commit through every release between ``A`` and ``B`` on the index, in version order
+    (deterministic too, given that list). Caches built by the old scheme (each release chained onto the
+    previously cached one) are detected by their tags and re-tagged in place (trees unchanged).
+    """
+
+    kind = "pypi"
 
     def __init__(self, spec: str, package: str = "vllm"):
         super().__init__(spec)
@@ -142,26 +151,59 @@ class PypiSource(Source):
             g = Git(path)
         return g
 
+    def _lock(self):
+        self.repo().parent.mkdir(parents=True, exist_ok=True)
+        return waiting_lock(self.repo().parent / f"{self.package}.lock", "PyPI release cache")
+
     def releases(self) -> dict[str, str]:
         """version -> tree sha of every release already in the cache."""
         return atomic.read_json(self._index_file, {}) or {}
 
+    def message(self, version: str) -> str:
+        return f"{self.package} {version} (sdist from PyPI)\n"
+
+    def release_commit(self, version: str, tree: str) -> str:
+        """The sha of ``version``'s root commit (pure: the object git writes for it has exactly this id)."""
+        return commit_sha(tree, [], self.message(version))
+
     def ensure(self, ref: str, progress=None) -> str:
         version = normalize_release(ref)
-        with locked(self.repo().parent / f"{self.package}.lock", "PyPI release cache"):
+        with self._lock():
             g = self._open()
             releases = self.releases()
+            self._migrate(g, releases)
             if version not in releases:
                 tree = self._import_release(g, version, progress)
                 releases[version] = tree
                 atomic.write_json(self._index_file, releases)
-                self._rebuild_chain(g, releases)
-            sha = g.rev(f"refs/tags/v{version}")
-            if sha is None:  # index and refs out of step (e.g. a crash between them): rebuild refs
-                self._rebuild_chain(g, releases)
-                sha = g.rev(f"refs/tags/v{version}")
-        assert sha is not None
+            return self._tag(g, version, releases[version])
+
+    def _tag(self, g: Git, version: str, tree: str) -> str:
+        sha = self.release_commit(version, tree)
+        if g.rev(f"refs/tags/v{version}") != sha:
+            made = g.run("commit-tree", tree, env=RELEASE_ENV, input=self.message(version)).out
+            assert made == sha, (made, sha)
+            g.set_ref(f"refs/tags/v{version}", sha)
+        newest = max(self.releases() or {version: tree}, key=lambda v: parse_version(v) or (0,))
+        if version == newest or g.rev("refs/heads/releases") is None:
+            g.set_ref("refs/heads/releases", sha)
+            g.run("symbolic-ref", "HEAD", "refs/heads/releases")
         return sha
+
+    def _migrate(self, g: Git, releases: dict[str, str]) -> None:
+        """Re-tag releases whose tag is not their root commit (a cache built by the old chained scheme)."""
+        if not releases:
+            return
+        tags = {name: sha for sha, name in (line.split() for line in
+                g.run("for-each-ref", "--format=%(objectname) %(refname:short)", "refs/tags").out.splitlines())}
+        stale = [v for v, tree in releases.items()
+                 if tags.get(f"v{v}") not in (None, self.release_commit(v, tree))]
+        for v in stale:
+            self._tag(g, v, releases[v])
+        if stale:
+            output.say(f"[yellow]note:[/] the release cache {self.repo()} was built by vpatch's old chained scheme: "
+                       f"re-tagged {len(stale)} release(s) as stable root commits (trees unchanged; a workspace "
+                       "made on the old commits needs `vpatch apply --reset`)")
 
     def _import_release(self, g: Git, version: str, progress=None) -> str:
         with tempfile.TemporaryDirectory(prefix="vpatch-sdist-") as tmp:
@@ -172,26 +214,72 @@ class PypiSource(Source):
             g.run("add", "-A", "-f", ".", env=env)
             return g.run("write-tree", env=env).out
 
-    def _rebuild_chain(self, g: Git, releases: dict[str, str]) -> None:
-        """(Re)create the linear history: one commit per release in version order, one tag each.
+    # --- ancestry on demand ---------------------------------------------------------------------
+    def releases_between(self, frm: str, to: str) -> tuple[list[str], str | None]:
+        """Every release ``frm < v <= to`` in version order, from the index through pip (or, when pip cannot
+        list them, the cached ones, with a note saying so)."""
+        # normalize_release raises on a non-release, so both parse
+        a, b = parse_version(normalize_release(frm)) or (0,), parse_version(normalize_release(to)) or (0,)
+        try:
+            known, note = index_versions(self.package), None
+        except SourceError as e:
+            known = list(self.releases())
+            note = f"could not list the releases on the index ({e.message}); walking only the cached ones"
+        wanted = {normalize_release(to)} | {v for v in known if a < (parse_version(v) or (0,)) <= b}
+        return sorted(wanted, key=lambda v: parse_version(v) or (0,)), note
 
-        Commits are deterministic (fixed identity, date from the version order), so the same set of
-        releases gives the same shas on every machine. Inserting an older release re-parents the
-        later ones; their trees (what builds and results are keyed by) do not change.
-        """
-        ordered = sorted(releases, key=lambda v: parse_version(v) or (0,))
-        parent = None
-        for i, version in enumerate(ordered):
-            date = f"@{946684800 + i * 86400} +0000"  # 2000-01-01 + i days: order, not history
-            env = {**RELEASE_AUTHOR, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
-            args = ["commit-tree", releases[version], "-m", f"{self.package} {version} (sdist from PyPI)"]
-            if parent:
-                args += ["-p", parent]
-            parent = g.run(*args, env=env).out
-            g.set_ref(f"refs/tags/v{version}", parent)
-        if parent:
-            g.set_ref("refs/heads/releases", parent)
-            g.run("symbolic-ref", "HEAD", "refs/heads/releases")
+    def walk(self, frm: str, to: str, progress=None) -> dict:
+        """A first-parent history from release ``frm`` to release ``to``: ``frm``'s commit, then one commit per
+        release in between (downloaded if missing) and ``to``, in version order. Returns ``{"from_commit",
+        "to_commit", "releases", "note"}``; ``to_commit`` has ``to``'s tree (its tag is the root commit)."""
+        versions, note = self.releases_between(frm, to)
+        frm_sha = self.ensure(frm, progress=progress)
+        for v in versions:
+            self.ensure(v, progress=progress)
+        releases = self.releases()
+        with self._lock():
+            g = self._open()
+            parent = frm_sha
+            for v in versions:
+                parent = g.run("commit-tree", releases[v], "-p", parent, env=RELEASE_ENV,
+                               input=self.message(v)).out
+            g.set_ref(f"refs/vpatch/walk/v{normalize_release(frm)}-v{normalize_release(to)}", parent)
+        return {"from_commit": frm_sha, "to_commit": parent, "releases": [f"v{v}" for v in versions], "note": note}
+
+
+@contextmanager
+def waiting_lock(path: Path, what: str, timeout_s: float = 1800):
+    """The cache's lock, waiting (up to ``timeout_s``) while another vpatch process downloads into it: a shared
+    cache is used by parallel jobs, and a download takes seconds."""
+    deadline = time.monotonic() + timeout_s
+    said = False
+    while True:
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(locked(path, what))
+            except LockedError:
+                if time.monotonic() > deadline:
+                    raise
+                if not said:
+                    output.say(f"[dim]waiting for another vpatch process using the {what} ({path})[/]")
+                    said = True
+                time.sleep(0.5)
+                continue
+            yield
+            return
+
+
+RELEASE_DATE = "946684800 +0000"  # 2000-01-01: a fixed date, so a release's commit depends on its tree only
+RELEASE_ENV = {**RELEASE_AUTHOR, "GIT_AUTHOR_DATE": f"@{RELEASE_DATE}", "GIT_COMMITTER_DATE": f"@{RELEASE_DATE}"}
+
+
+def commit_sha(tree: str, parents: list[str], message: str) -> str:
+    """The object id git gives a commit made with :data:`RELEASE_ENV` (pure)."""
+    ident = f"{RELEASE_AUTHOR['GIT_AUTHOR_NAME']} <{RELEASE_AUTHOR['GIT_AUTHOR_EMAIL']}> {RELEASE_DATE}"
+    body = f"tree {tree}\n" + "".join(f"parent {p}\n" for p in parents) + \
+        f"author {ident}\ncommitter {ident}\n\n{message}"
+    data = body.encode()
+    return hashlib.sha1(b"commit %d\0" % len(data) + data).hexdigest()
 
 
 def normalize_release(ref: str) -> str:
@@ -226,11 +314,16 @@ def download_sdist_tree(package: str, version: str, tmp: Path, progress=None) ->
                       "check the version exists (`pip index versions vllm`) and that pip reaches its index")
 
 
-def newest_release(package: str = "vllm") -> str:
-    """The newest release on the index, asked through pip."""
+def index_versions(package: str = "vllm") -> list[str]:
+    """The final releases of ``package`` on the index, newest first, asked through pip."""
     proc = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package],
                           capture_output=True, text=True)
-    m = re.search(r"^\S+ \(([^)]+)\)", proc.stdout, re.M)
+    m = re.search(r"^Available versions:\s*(.+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not m:
         raise SourceError(f"cannot list releases of {package}: {proc.stderr.strip()[-200:]}")
-    return "v" + m.group(1)
+    return [v.strip() for v in m.group(1).split(",") if parse_version(v.strip())]
+
+
+def newest_release(package: str = "vllm") -> str:
+    """The newest release on the index, asked through pip."""
+    return "v" + index_versions(package)[0]

@@ -22,17 +22,17 @@ commits re-checks only where one of those blobs changed.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from .entries import parse_patch
-from .git import Git
+from .git import Git, Scratch
+from .pycheck import blob_findings
 from .series import Entry, Series, merged_at_or_before
 from .workspace import overlay_files
 
@@ -182,7 +182,7 @@ def load_entry_diffs(series: Series, g: Git, entries: tuple[Entry, ...] | None =
                 d.error = f"overlay/{e.id}/ is missing or empty"
             else:
                 blobs = g.run("hash-object", "-w", "--stdin-paths", input="\n".join(str(p) for _, p in files)).out.split()
-                for (rel, p), blob in zip(files, blobs):
+                for (rel, p), blob in zip(files, blobs, strict=False):
                     mode = "100755" if p.stat().st_mode & stat.S_IXUSR else "100644"
                     d.overlay[rel] = (mode, blob)
         out.append(d)
@@ -190,35 +190,6 @@ def load_entry_diffs(series: Series, g: Git, entries: tuple[Entry, ...] | None =
 
 
 # --- the scratch repository ---------------------------------------------------------------------
-
-class Scratch:
-    """A throw-away bare repository that reads the source's objects and writes only its own."""
-
-    def __init__(self, source_repo: Path):
-        self.tmp = Path(tempfile.mkdtemp(prefix="vpatch-check-"))
-        self.path = self.tmp / "scratch.git"
-        subprocess.run(["git", "init", "-q", "--bare", str(self.path)], check=True, capture_output=True)
-        src = Path(source_repo)
-        objects = (src / "objects") if (src / "objects").is_dir() else (src / ".git" / "objects")
-        alt = self.path / "objects" / "info" / "alternates"
-        lines = [str(objects.resolve())]
-        src_alt = objects / "info" / "alternates"
-        if src_alt.exists():  # the source may borrow objects itself
-            lines += [ln for ln in src_alt.read_text().splitlines() if ln.strip()]
-        alt.write_text("\n".join(lines) + "\n")
-        self.git = Git(self.path)
-        self.git.run("config", "gc.auto", "0")
-        self.source = Git(src)
-
-    def close(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "Scratch":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 # --- the checker ------------------------------------------------------------------------------------
 
@@ -233,9 +204,10 @@ class EntryResult:
     conflicts: list[dict] = field(default_factory=list)   # {file, regions: [[start, end], ...]}
     commit: str | None = None       # the upstream commit whose patch-id matches
     checks: list[dict] | None = None
+    pycheck: list[dict] | None = None   # broken Python the entry's merge left (manager/pycheck.py)
 
     def as_dict(self) -> dict:
-        d = {"id": self.id, "status": self.status, "detail": self.detail, "files": self.files}
+        d: dict[str, Any] = {"id": self.id, "status": self.status, "detail": self.detail, "files": self.files}
         if self.how:
             d["how"] = self.how
         if self.hunks:
@@ -246,6 +218,8 @@ class EntryResult:
             d["commit"] = self.commit
         if self.checks is not None:
             d["checks"] = self.checks
+        if self.pycheck:
+            d["pycheck"] = self.pycheck
         return d
 
 
@@ -305,9 +279,23 @@ class Checker:
         info = "".join(f"{mode} {blob}\t{path}\n" for path, mode, blob in state)
         self.git.run("update-index", "--add", "--index-info", env=self.env, input=info)
 
+    def _blobs(self, paths: list[str]) -> dict[str, str]:
+        """path -> blob in the temporary index (stage 0) of ``paths``."""
+        if not paths:
+            return {}
+        out = self._git("ls-files", "-s", "-z", "--", *paths, strip=False).out
+        res = {}
+        for rec in out.split("\0"):
+            if rec:
+                meta, path = rec.split("\t", 1)
+                mode, blob, stage = meta.split()
+                if stage == "0":
+                    res[path] = blob
+        return res
+
     def _ls(self) -> dict[str, tuple[str, str, int]]:
         out = self._git("ls-files", "-s", "-z", strip=False).out
-        res = {}
+        res: dict[str, tuple[str, str, int]] = {}
         for rec in out.split("\0"):
             if rec:
                 meta, path = rec.split("\t", 1)
@@ -331,7 +319,11 @@ class Checker:
         self._load(state)
         results, self._left = [], {}
         for d in self.diffs:
+            py = [p for p in d.paths if p.endswith(".py")] if self.detail else []
+            before = self._blobs(py)
             r = self._classify(d, hits, ref, renames or {})
+            if py and r.status in ("clean", "3-way"):  # broken Python the merge left (manager/pycheck.py)
+                r.pycheck = blob_findings(self.git, before, self._blobs(py)) or None
             if r.status in ("conflict", "obsolete", "error"):
                 for p in d.paths:  # later entries on these files are checked without this one
                     self._left.setdefault(p, d.id)
@@ -441,8 +433,9 @@ class Checker:
             p = self.tmp / f"stage{s}"
             p.write_bytes(self.git.run_bytes("cat-file", "blob", stages[s]))
             names.append(str(p))
-        merged = subprocess.run(["git", "merge-file", "-p", "-L", "upstream", "-L", "base", "-L", "entry", *names],
-                                capture_output=True).stdout.decode(errors="replace")
+        # exit status = number of conflicts: not an error here
+        merged = self.git.run("merge-file", "-p", "-L", "upstream", "-L", "base", "-L", "entry", *names,
+                              check=False, strip=False).out
         regions, start = [], None
         for i, line in enumerate(merged.splitlines(), 1):
             if line.startswith("<<<<<<< "):
@@ -488,7 +481,7 @@ def upstream_patch_ids(g: Git, rev_range: str, diffs: list[EntryDiff]) -> dict[s
         if not log.strip():
             res[d.id] = []
             continue
-        out = subprocess.run(["git", "patch-id", "--stable"], input=log, capture_output=True, cwd=g.path).stdout.decode()
+        out = g.run("patch-id", "--stable", input=log, check=False, strip=False).out
         res[d.id] = [(c, pid) for pid, c in (line.split() for line in out.splitlines() if line.strip())]
     return res
 
@@ -550,8 +543,11 @@ def check_series(series: Series, source, onto: str, *, base: str | None = None, 
         checker = Checker(g, diffs, base)
         try:
             hits, renames = {}, {}
-            if base_sha and g.run("merge-base", "--is-ancestor", base_sha, onto_sha, check=False).ok:
-                hits = first_hits(upstream_patch_ids(g, f"{base_sha}..{onto_sha}", diffs), diffs)
+            tip = onto_sha
+            if base_sha and source.kind == "pypi":  # releases are root commits: one step from base to onto
+                tip = g.run("commit-tree", g.tree_of(onto_sha), "-p", base_sha, "-m", f"{base}..{onto}").out
+            if base_sha and g.run("merge-base", "--is-ancestor", base_sha, tip, check=False).ok:
+                hits = first_hits(upstream_patch_ids(g, f"{base_sha}..{tip}", diffs), diffs)
             if base_sha:
                 renames = renames_between(g, base_sha, onto_sha, checker.paths)
                 checker.base_blobs = {p: b for p, _, b in checker.state_of(base_sha)}
@@ -588,72 +584,68 @@ def summarize(entries: list[dict]) -> dict:
 
 
 def exit_status(entries: list[dict]) -> int:
-    """0: nothing needs a human; 1: a conflict, an obsolete entry or an entry with no effect; 2: an entry
+    """0: nothing needs a human; 1: a conflict, an obsolete entry or an entry with no effect (also one found
+    upstream whose effect check fails there, or one whose merge leaves broken Python); 2: an entry
     could not be checked (e.g. its patch file is missing), so the answer is incomplete."""
     statuses = {e["status"] for e in entries}
     if "error" in statuses:
         return 2
-    if statuses & set(NEEDS_HUMAN):
+    if statuses & set(NEEDS_HUMAN) or any(e.get("effect") == "missing" or e.get("pycheck") for e in entries):
         return 1
     return 0
 
 
-def effect_checks(series: Series, data: dict, python: str | None = None, timeout: int = 900) -> None:
-    """Run the entries' effect checks on the moved series (``data["tree"]``); an entry that applies but
-    whose check fails becomes ``applies-but-no-effect``.
+def effect_checks(series: Series, data: dict, python: str | None = None, ctx=None, timeout: int = 900) -> None:
+    """Run the entries' effect checks on the moved series (``data["tree"]``), through
+    :func:`.verify.verify_tree`: the tree's ``vllm/`` first on ``PYTHONPATH`` of ``python``, by default the
+    workspace's runtime (:func:`.verify.workspace_runtime`, made once if missing). An entry that applies but
+    whose check fails becomes ``applies-but-no-effect``; an entry found already upstream is checked too, and
+    a failing check there is reported (``effect: missing``: upstream's version lacks the effect). Entries that
+    could not be checked say ``effect: not checked`` with the reason."""
+    from . import verify
 
-    Through ``vpatch verify`` (``manager/verify.py``, ``verify_tree(series, repo, tree, ids)``) when this tree
-    has it; otherwise, with ``python`` (an interpreter whose environment holds vLLM's dependencies, e.g. a
-    python-only vLLM install), each check runs with the moved tree's ``vllm/`` unpacked in a temporary
-    directory first on ``PYTHONPATH``. A check exits 0 (effect present), 1 (no effect) or 2 (could not run)."""
-    ids = [e["id"] for e in data["entries"] if e["status"] in ("clean", "3-way") and series.get(e["id"]).checks]
-    try:
-        from . import verify  # type: ignore[attr-defined]
-    except ImportError:
-        verify = None
-    fn = getattr(verify, "verify_tree", None) if verify else None
-    if fn is not None:
-        results = fn(series, Path(data["_repo"]), data["tree"], ids)  # {id: [{check, result, output}]}
-        how = "vpatch verify"
-    elif python:
-        results = _run_checks(series, Path(data["_repo"]), data["tree"], ids, python, timeout)
-        how = f"{python} with the moved tree on PYTHONPATH"
-    else:
-        data["effect_checks"] = ("not run: `vpatch verify` (manager/verify.py) is not in this tree; pass --python "
-                                 "PATH of an environment with vLLM's dependencies to run the checks directly")
+    def runnable(e: dict) -> bool:
+        return e["status"] in ("clean", "3-way", "already-upstream") and bool(series.get(e["id"]).checks)
+
+    ids = [e["id"] for e in data["entries"] if runnable(e)]
+    for e in data["entries"]:
+        if series.get(e["id"]).checks and not runnable(e):
+            e["effect"] = "not checked"
+            e["effect_detail"] = f"not checked: the entry is {e['status']} on {data['onto']}"
+    if not ids:
+        data["effect_checks"] = "no entry to check (none with checks applies)"
         return
+    how = f"{python} (given)" if python else None
+    if python is None:
+        rt = verify.workspace_runtime(ctx) if ctx is not None else None
+        if rt is None:
+            for e in data["entries"]:
+                if e["id"] in ids:
+                    e["effect"], e["effect_detail"] = "not checked", "not checked: no runtime to run the checks in"
+            data["effect_checks"] = ("not run: no workspace runtime to run them in; `vpatch apply` makes the "
+                                     "workspace (then --checks makes its runtime), or pass --python PATH")
+            return
+        python, how = rt["python"], rt["describe"]
+    results = verify.verify_tree(ctx, series, Path(data["_repo"]), data["tree"], ids, python, timeout)
     for e in data["entries"]:
         rows = results.get(e["id"])
         if rows is None:
             continue
         e["checks"] = rows
-        if any(r.get("result") == "fail" for r in rows):
-            e["status"] = "applies-but-no-effect"
-            e["detail"] = (e.get("detail") + "; " if e.get("detail") else "") + "it applies, but its effect check fails"
-        elif any(r.get("result") == "error" for r in rows):
-            e["detail"] = (e.get("detail") + "; " if e.get("detail") else "") + "its effect check could not run"
-    data["effect_checks"] = f"ran for {', '.join(ids) or 'no entries'} ({how})"
-
-
-def _run_checks(series: Series, repo: Path, tree: str, ids: list[str], python: str, timeout: int) -> dict:
-    import shlex
-
-    patches_dir = series.path.resolve().parent
-    results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="vpatch-moved-") as tmp:
-        arch = subprocess.run(["git", "archive", tree, "vllm"], cwd=repo, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=arch, check=True)
-        env = {**os.environ, "PYTHONPATH": tmp + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
-        for eid in ids:
-            rows = []
-            for cmd in series.get(eid).checks:
-                argv = [a.format(python=python, series_dir=str(patches_dir), workspace=tmp) for a in shlex.split(cmd)]
-                try:
-                    p = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
-                    rc, out = p.returncode, (p.stdout + p.stderr)
-                except (OSError, subprocess.TimeoutExpired) as ex:
-                    rc, out = 2, str(ex)
-                rows.append({"check": cmd, "rc": rc, "result": {0: "pass", 1: "fail"}.get(rc, "error"),
-                             "output": "\n".join(out.strip().splitlines()[-12:])})
-            results[eid] = rows
-    return results
+        failed = any(r["result"] == "fail" for r in rows)
+        errored = any(r["result"] == "error" for r in rows)
+        detail = e.get("detail") + "; " if e.get("detail") else ""
+        if e["status"] == "already-upstream":
+            e["effect"] = "missing" if failed else "not checked" if errored else "confirmed"
+            e["detail"] = detail + {"missing": "but its effect check fails on upstream's version",
+                                    "not checked": "its effect check could not run",
+                                    "confirmed": "its effect check passes on upstream's version"}[e["effect"]]
+        elif failed:
+            e["status"], e["effect"] = "applies-but-no-effect", "missing"
+            e["detail"] = detail + "it applies, but its effect check fails"
+        elif errored:
+            e["effect"] = "not checked"
+            e["detail"] = detail + "its effect check could not run"
+        else:
+            e["effect"] = "confirmed"
+    data["effect_checks"] = f"ran for {', '.join(ids)} ({how}, the moved tree first on PYTHONPATH)"

@@ -259,9 +259,15 @@ def _verify(ctx: Context, series: Series, ids: tuple[str, ...] = (), *, python: 
     runtime: dict = {}
     dirty = _dirty(ws)
     if to_run:
+        cpu = None if python or venv or dirty else _cpu_build(ctx, ws)
         if python:
             py: Path | str = python
-            runtime = {"python": python, "kind": "given"}
+            origin = require_tree_python(python, ws, check_env(to_run[0], ctx, python), "the workspace")
+            runtime = {"python": python, "kind": "given", "vllm": origin}
+        elif cpu:  # `vpatch build --target cpu` of this very tree exists: run in that engine, no second venv
+            py = cpu["python"]
+            runtime = {"python": py, "kind": "cpu", "tree": cpu["tree"],
+                       "vllm_version": (cpu.get("fingerprint") or {}).get("vllm")}
         else:
             from . import runtime_env
 
@@ -299,6 +305,102 @@ def _verify(ctx: Context, series: Series, ids: tuple[str, ...] = (), *, python: 
         "entries": [r.as_dict() for r in results], "counts": counts,
         "not_in_series": extra, "dirty": dirty,
     }
+
+
+def workspace_runtime(ctx: Context) -> dict | None:
+    """The python to run effect checks with when none is given: the workspace's python-only runtime
+    (:mod:`runtime_env`, the one ``vpatch verify`` uses; made once if missing). None without a vLLM workspace.
+    ``{"python", "describe"}``."""
+    from . import runtime_env
+
+    ws = ctx.workspace
+    if not (Path(ws) / "vllm").is_dir() or not (Path(ws) / "setup.py").is_file():
+        return None
+    vdir = runtime_env.default_venv_dir(ctx.state_dir, ws)
+    py = runtime_env.ensure_runtime(ws, vdir)
+    return {"python": str(py), "describe": f"the workspace's python-only runtime {vdir}"}
+
+
+# --- which vllm a python imports -----------------------------------------------------------------
+_PROBE = "import importlib.util as u\ns = u.find_spec('vllm')\nprint((s.origin or (list(s.submodule_search_locations or [''])[0])) if s else '')\n"
+
+
+def vllm_origin(python: Path | str, env: dict) -> str | None:
+    """Where ``import vllm`` resolves for ``python`` run as a check runs (a script, ``env``), or None."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vpatch-probe-") as tmp:
+        script = Path(tmp) / "probe.py"
+        script.write_text(_PROBE)
+        try:
+            p = subprocess.run([str(python), str(script)], env=env, cwd=tmp, capture_output=True, text=True,
+                               timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise VpatchError(f"cannot run --python {python}: {e}", "pass the path of a python interpreter") from None
+    if p.returncode != 0:
+        raise VpatchError(f"--python {python} cannot look up vllm: {(p.stderr.strip().splitlines() or ['?'])[-1]}",
+                          "pass the python of an environment with vLLM's dependencies")
+    return p.stdout.strip() or None
+
+
+def require_tree_python(python: Path | str, tree: Path, env: dict, what: str) -> str | None:
+    """Refuse ``python`` when ``vllm`` does not resolve inside ``tree`` (its checks would test another vLLM).
+    A tree without a ``vllm/`` package (not a vLLM tree) sets no requirement. Returns where vllm resolves."""
+    tree = Path(tree).resolve()
+    origin = vllm_origin(python, env)
+    if not (tree / "vllm").is_dir():
+        return origin
+    inside = origin is not None and Path(origin).resolve().is_relative_to(tree)
+    if not inside:
+        where = f"imports vllm from {Path(origin).parent}" if origin else "cannot import vllm"
+        raise VpatchError(f"--python {python} {where}, not from {what} ({tree}): its checks would test another vLLM",
+                          f"omit --python to use the workspace's own runtime, or install this tree into that "
+                          f"environment (`{python} -m pip install -e {tree} --no-deps`)")
+    return origin
+
+
+# --- checks on a tree that is not checked out (``vpatch check --onto REF --checks``) ----------------
+def verify_tree(ctx: Context, series: Series, repo: Path, tree: str, ids: list[str], python: Path | str,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, list[dict]]:
+    """Run the checks of ``ids`` on ``tree`` (in ``repo``): its ``vllm/`` is unpacked in a temporary folder
+    put first on ``PYTHONPATH`` of ``python`` (the workspace's runtime, for vLLM's dependencies). A check
+    exits 0 (``pass``: the effect is there), 1 (``fail``: it is not) or anything else (``error``: could not
+    run). Returns {entry id: [{check, rc, result, seconds, output}]}."""
+    import tempfile
+
+    from .git import Git
+
+    results: dict[str, list[dict]] = {}
+    log_dir = ctx.log_dir() / "check"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vpatch-moved-") as tmp:
+        arch = Git(repo).run_bytes("archive", tree, "vllm")
+        subprocess.run(["tar", "-x", "-C", tmp], input=arch, check=True)
+        for eid in ids:
+            e = series.get(eid)
+            env = {**check_env(e, ctx, python), "PYTHONPATH": tmp, "VPATCH_WORKSPACE": tmp}
+            if not results:  # once: the moved tree must be what `import vllm` finds
+                require_tree_python(python, Path(tmp), env, "the moved tree")
+            rows = []
+            for i, cmd in enumerate(e.checks):
+                argv = check_argv(cmd, python=python, series_dir=ctx.patches_dir, workspace=Path(tmp))
+                suffix = f"-{i + 1}" if len(e.checks) > 1 else ""
+                run = run_check(argv, cwd=Path(tmp), env=env, timeout_s=timeout_s,
+                                log_path=log_dir / f"{eid}{suffix}.log", command=cmd)
+                result = "pass" if run.ok else "fail" if run.rc == 1 else "error"
+                rows.append({"check": cmd, "rc": run.rc, "result": result, "seconds": run.seconds,
+                             "timed_out": run.timed_out, "output": "\n".join(run.output_tail[-12:]),
+                             "log": run.log})
+            results[eid] = rows
+    return results
+
+
+def _cpu_build(ctx: Context, ws: Path) -> dict | None:
+    """The cpu build (manager/cpu_engine.py) of the workspace's HEAD tree, if one was made."""
+    from . import build_records, cpu_engine
+    from .git import Git
+
+    return cpu_engine.tree_runtime(build_records.builds_dir(ctx), Git(ws).tree_of("HEAD"))
 
 
 def _dirty(ws: Path) -> bool:

@@ -1,0 +1,141 @@
+"""Broken Python that a merge can leave behind: compile the touched files and look for redefined and undefined
+names with pyflakes, reporting only what the entry *added* (vLLM's own files are not always pyflakes-clean).
+
+A 3-way merge applies text, not meaning: when upstream added ``from vllm import envs`` and the entry adds
+``import vllm.envs as envs`` beside it, git merges both without a conflict, and the file still imports. This
+module is run after every entry that touches Python (``apply``, ``continue``, ``rebase``: on the entry's
+commit; ``check``: on the temporary index), and its findings are reported on the entry.
+
+Findings of a file after the entry, minus those the same file had before it (matched by kind and message,
+not by line, since lines move), are the entry's. Kinds kept: syntax errors (``compile``), redefinitions of
+unused names, undefined names (also in ``__all__``) and locals used before assignment, duplicate arguments.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from pyflakes import checker as _checker
+from pyflakes import messages as _m
+
+KINDS = {
+    _m.RedefinedWhileUnused: "redefinition",
+    _m.UndefinedName: "undefined-name",
+    _m.UndefinedExport: "undefined-name",
+    _m.UndefinedLocal: "undefined-name",
+    _m.DuplicateArgument: "duplicate-argument",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    line: int
+    kind: str       # syntax-error | redefinition | undefined-name | duplicate-argument
+    message: str
+
+    def key(self) -> tuple[str, str, str]:
+        """What identifies the finding across versions of the file (line numbers move)."""
+        return (self.file, self.kind, self.message.split(" from line ")[0])
+
+    def describe(self) -> str:
+        return f"{self.file}:{self.line}: {self.kind}: {self.message}"
+
+
+def findings(path: str, source: bytes | str) -> list[Finding]:
+    """Syntax error, or pyflakes' redefinition / undefined-name findings, of one file's text (pure)."""
+    import ast
+
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+    try:
+        tree = ast.parse(text, filename=path)
+        compile(tree, path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return [Finding(path, e.lineno or 0, "syntax-error", e.msg)]
+    except ValueError as e:  # e.g. null bytes
+        return [Finding(path, 0, "syntax-error", str(e))]
+    w = _checker.Checker(tree, filename=path)
+    out = []
+    for msg in w.messages:
+        kind = KINDS.get(type(msg))
+        if kind:
+            out.append(Finding(path, msg.lineno, kind, msg.message % msg.message_args))
+    return sorted(out, key=lambda f: (f.line, f.message))
+
+
+def added(path: str, before: bytes | str | None, after: bytes | str | None) -> list[Finding]:
+    """The findings of ``after`` that ``before`` (None: the file is new) did not have (pure)."""
+    if after is None:
+        return []
+    now = findings(path, after)
+    if not now or before is None:
+        return now
+    old = Counter(f.key() for f in findings(path, before))
+    out = []
+    for f in now:
+        if old[f.key()]:
+            old[f.key()] -= 1
+        else:
+            out.append(f)
+    return out
+
+
+def as_dicts(found: list[Finding]) -> list[dict]:
+    return [asdict(f) for f in found]
+
+
+def describe(found: list[dict]) -> str:
+    """One line for an entry's findings."""
+    head = "; ".join(f"{f['file']}:{f['line']} {f['kind']}: {f['message']}" for f in found[:3])
+    return f"broken Python after the merge: {head}" + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+
+
+# --- reading the two sides from git ---------------------------------------------------------------
+def read_blobs(g, specs: list[str]) -> list[bytes | None]:
+    """``git cat-file --batch`` of ``specs`` (``<rev>:<path>`` or blob shas) in one process; None where missing."""
+    if not specs:
+        return []
+    raw = g.run_bytes("cat-file", "--batch", input=("\n".join(specs) + "\n").encode())
+    out: list[bytes | None] = []
+    pos = 0
+    for _ in specs:
+        nl = raw.index(b"\n", pos)
+        header = raw[pos:nl].split()
+        pos = nl + 1
+        if not header or header[-1] == b"missing" or len(header) != 3:
+            out.append(None)
+            continue
+        size = int(header[2])
+        out.append(raw[pos:pos + size])
+        pos += size + 1
+    return out
+
+
+def commit_findings(g, sha: str) -> list[dict]:
+    """The findings an entry's commit added to the Python files it touches (against its first parent)."""
+    out = g.run("diff-tree", "-r", "--no-commit-id", "--name-status", "--no-renames", "-z", f"{sha}^", sha,
+                strip=False, check=False).out
+    parts = [p for p in out.split("\0") if p]
+    paths = [parts[i + 1] for i in range(0, len(parts) - 1, 2) if parts[i] != "D" and parts[i + 1].endswith(".py")]
+    if not paths:
+        return []
+    blobs = read_blobs(g, [f"{sha}^:{p}" for p in paths] + [f"{sha}:{p}" for p in paths])
+    found: list[Finding] = []
+    for i, p in enumerate(paths):
+        found += added(p, blobs[i], blobs[len(paths) + i])
+    return as_dicts(found)
+
+
+def blob_findings(g, before: dict[str, str], after: dict[str, str]) -> list[dict]:
+    """The same, from path -> blob maps of the Python files before and after an entry (an index-only check)."""
+    paths = [p for p in sorted(after) if p.endswith(".py") and after[p] != before.get(p)]
+    if not paths:
+        return []
+    olds = [p for p in paths if p in before]
+    blobs = read_blobs(g, [after[p] for p in paths] + [before[p] for p in olds])
+    new = dict(zip(paths, blobs[:len(paths)], strict=False))
+    old = dict(zip(olds, blobs[len(paths):], strict=False))
+    found: list[Finding] = []
+    for p in paths:
+        found += added(p, old.get(p), new[p])
+    return as_dicts(found)
