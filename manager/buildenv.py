@@ -60,7 +60,7 @@ def probe_python(python: str) -> dict:
             "except Exception as e:\n d['torch_error']=f'{type(e).__name__}: {e}'[:200]\n"
             "print(json.dumps(d))")
     try:
-        r = subprocess.run([python, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        r = subprocess.run([python, "-c", code], capture_output=True, text=True,
                            timeout=120, env={**os.environ, "PYTHONNOUSERSITE": "1"})
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"{python}: {e}"}
@@ -112,7 +112,8 @@ def hipcc_info() -> dict:
 
 
 def rocminfo_info() -> dict:
-    exe = shutil.which("rocminfo") or (str(rocm_root() / "bin" / "rocminfo") if rocm_root() else None)
+    root = rocm_root()
+    exe = shutil.which("rocminfo") or (str(root / "bin" / "rocminfo") if root else None)
     if not exe or not Path(exe).exists():
         return {"rocminfo": None}
     rc, out = _run([exe], timeout=20)
@@ -135,8 +136,6 @@ def check(target: str, python: str | None = None, *, override: list | None = Non
         return rep
 
     if target == "empty":
-        if sys.version_info < (3, 10):
-            rep.missing.append(f"python >= 3.10 (this is {sys.version.split()[0]})")
         rep.ok = not rep.missing
         return rep
 

@@ -47,6 +47,7 @@ from . import output
 from .atomic import read_json, write_json
 from .errors import VpatchError
 from .file_lock import locked
+from .git import Result, run_git
 
 RECIPE = 1
 TORCH_REQ = "torch==2.13.0"
@@ -89,8 +90,8 @@ def workspace_vllm_version(workspace: Path) -> str:
         if m:
             return m.group(1)
     r = _git(ws, "describe", "--tags", "--abbrev=0", "--match", "v[0-9]*", check=False)
-    if r.returncode == 0 and r.stdout.strip():
-        tag = r.stdout.strip().lstrip("v")
+    if r.ok and r.out.strip():
+        tag = r.out.strip().lstrip("v")
         if re.match(r"^\d+(\.\d+)*", tag):
             return tag
     return "0.0.0+vpatch"
@@ -117,22 +118,20 @@ def requirements_digest(workspace: Path) -> str:
     return h.hexdigest()
 
 
-def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    r = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, errors="surrogateescape")
-    if check and r.returncode != 0:
-        raise RuntimeEnvError(f"git {' '.join(args[:2])} failed in {cwd}: {r.stderr.strip()}")
+def _git(cwd: Path, *args: str, check: bool = True) -> Result:
+    r = run_git(*args, cwd=cwd, check=False, strip=False)
+    if check and not r.ok:
+        raise RuntimeEnvError(f"git {' '.join(args[:2])} failed in {cwd}: {r.err}")
     return r
 
 
 def _status(ws: Path) -> dict[str, str]:
     """path -> porcelain XY code (untracked '??'); empty when ws is not a git work tree."""
     r = _git(ws, "status", "--porcelain=v1", "-z", "--untracked-files=all", check=False)
-    if r.returncode != 0:
+    if not r.ok:
         return {}
     out: dict[str, str] = {}
-    parts = r.stdout.split("\0")
+    parts = r.out.split("\0")
     i = 0
     while i < len(parts):
         item = parts[i]
@@ -159,8 +158,8 @@ def _keep_workspace_clean(ws: Path, before: dict[str, str]) -> list[str]:
         # exclude the top-level entry of each new path (vllm.egg-info/, build/ ...)
         tops = sorted({p.split("/", 1)[0] + ("/" if "/" in p else "") for p in new_untracked})
         gd = _git(ws, "rev-parse", "--git-common-dir", check=False)
-        if gd.returncode == 0:
-            git_dir = (ws / gd.stdout.strip()).resolve()
+        if gd.ok:
+            git_dir = (ws / gd.out.strip()).resolve()
             excl = git_dir / "info" / "exclude"
             excl.parent.mkdir(parents=True, exist_ok=True)
             have = excl.read_text(encoding="utf-8").splitlines() if excl.exists() else []
@@ -301,7 +300,7 @@ def ensure_runtime(workspace: Path, venv_dir: Path, *, progress=None, python: st
         timings["vllm"] = round(time.monotonic() - t, 1)
         step.advance(1, detail=f"done in {sum(timings.values()):.0f}s")
         torch_v = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True).stdout.strip()
+                                 capture_output=True, text=True).stdout.strip()
         if not torch_v.startswith(TORCH_REQ.split("==")[1]):
             raise RuntimeEnvError(f"the runtime ended up with torch {torch_v or '?'}, not {TORCH_REQ}",
                                 f"see {log_path}; remove {venv} to start over")

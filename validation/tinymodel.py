@@ -31,12 +31,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-DEFAULT_DATA = Path(os.environ.get("VPATCH_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"))
+# GSM8K (openai/grade-school-math, MIT licence beside the files) ships with vpatch: no hub, no sibling folder.
+DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "gsm8k"
 SPECIAL = ["<|endoftext|>", "<pad>"]
 
 
 def default_data_dir() -> Path:
-    """GSM8K's folder: $VPATCH_GSM8K_DIR, else ``../shared/data/gsm8k`` beside the repository."""
+    """GSM8K's folder: $VPATCH_GSM8K_DIR, else the copy shipped in ``validation/data/gsm8k``."""
     return Path(os.environ.get("VPATCH_GSM8K_DIR", DEFAULT_DATA))
 
 
@@ -90,11 +91,61 @@ def build_tiny_model(out_dir: Path | str, seed: int = 0, *, data_dir: Path | Non
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False, torch_dtype="float32",
-    )
+    )  # type: ignore[call-arg]
     model = LlamaForCausalLM(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+def build_tiny_moe(out_dir: Path | str, seed: int = 0, *, data_dir: Path | None = None, hidden: int = 128,
+                   layers: int = 4, experts: int = 16, top_k: int = 4, vocab_size: int = 768) -> Path:
+    """A seeded random-weight Qwen3-MoE (router, top-k, experts: the code the series touches) in float32.
+
+    hidden 128, 4 layers, 16 experts, top-4, the tokenizer :func:`build_tokenizer` trains (vocab 768):
+    about 2 M parameters. vLLM's CPU build serves it (``vllm serve DIR --dtype float32``); its fused-MoE
+    path is vLLM's own. Deterministic for a seed; written with ``local_files_only`` loaders in mind (no hub).
+    """
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out_dir, data_dir, vocab_size=vocab_size)
+    torch.manual_seed(seed)
+    cfg = Qwen3MoeConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, moe_intermediate_size=hidden // 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,  # type: ignore[call-arg]
+        num_experts=experts, num_experts_per_tok=top_k, decoder_sparse_step=1, norm_topk_prob=True,
+        mlp_only_layers=[], max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )
+    model = Qwen3MoeForCausalLM(cfg).to(torch.float32)  # type: ignore[arg-type]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+TINY_MODELS = {"llama": build_tiny_model, "qwen3-moe": build_tiny_moe}
+
+
+def ensure_tiny_model(kind: str, cache: Path, seed: int = 0, data_dir: Path | None = None) -> Path:
+    """``cache/<kind>-seed<seed>``, built once (the directory appears only when complete)."""
+    import shutil
+
+    if kind not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {kind!r} (known: {', '.join(TINY_MODELS)})")
+    out = Path(cache) / f"{kind}-seed{seed}"
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    TINY_MODELS[kind](tmp, seed=seed, data_dir=data_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
 
 
 def corrupt_model(src: Path | str, dst: Path | str, *, scale: float = 0.5, seed: int = 1) -> Path:
@@ -331,10 +382,15 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["serve"]:
         return serve(argv[1:])
     if argv[:1] == ["build"] and len(argv) >= 2:
-        out = build_tiny_model(argv[1], seed=int(argv[2]) if len(argv) > 2 else 0)
+        kind = "llama"
+        if "--kind" in argv:
+            i = argv.index("--kind")
+            kind = argv[i + 1]
+            del argv[i:i + 2]
+        out = TINY_MODELS[kind](argv[1], seed=int(argv[2]) if len(argv) > 2 else 0)
         print(out)
         return None
-    print("usage: python -m vpatch.validation.tinymodel serve --port N [...] | build DIR [SEED]", file=sys.stderr)
+    print("usage: python -m vpatch.validation.tinymodel serve --port N [...] | build DIR [SEED] [--kind llama|qwen3-moe]", file=sys.stderr)
     raise SystemExit(2)
 
 

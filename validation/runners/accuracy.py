@@ -16,7 +16,6 @@ build's venv).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

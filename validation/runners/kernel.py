@@ -135,7 +135,7 @@ def parse_kernel_output(text: str, *, source: str = "output") -> list[KernelSeri
                 continue
             try:
                 objs.append((json.loads(s), f"{source}:{ln}"))
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 raise KernelFormatError(f"{source}:{ln}: not valid JSON ({e.msg}): {s[:120]}") from None
     if not objs:
         raise KernelFormatError(f"{source}: no JSON samples found",

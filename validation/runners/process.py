@@ -108,6 +108,28 @@ def _kill_leftovers(pgid: int) -> None:
         pass
 
 
+def group_cpu_seconds(pgid: int) -> float | None:
+    """CPU seconds (user + system, with reaped children's) used so far by the live processes of group ``pgid``,
+    read from /proc; None where there is no /proc (not Linux). A server's work in CPU time does not grow when
+    other jobs crowd the machine, as its wall-clock latencies do."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # after "pid (comm)": state ppid pgrp session ... utime(14) stime(15) cutime(16) cstime(17), 1-based
+        if int(fields[2]) == pgid:
+            total += sum(int(x) for x in fields[11:15])
+    return total / tick
+
+
 def http_ok(url: str, timeout: float = 5.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - 127.0.0.1 URLs we built
@@ -141,7 +163,7 @@ class Server:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         argv = _check_argv(self.argv)
         if http_ok(self.base_url + self.health_path, timeout=1):
             raise RunnerError(f"something already answers on {self.base_url}", "stop it, or use another port")
@@ -187,7 +209,7 @@ class Server:
             if not self._logf.closed:
                 self._logf.close()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.start()
         try:
             self.wait_ready()
