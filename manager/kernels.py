@@ -78,6 +78,73 @@ HIP_UNITS = (
     )),
 )
 HIP_NAMESPACE = "vllm_moe_int4"
+
+
+@dataclass(frozen=True)
+class HipSource:
+    """A whole vLLM ROCm source compiled device-only: its own host code's launches instantiate the
+    kernels (so a dispatch table an entry edits is what gets built), torch and the ROCm >= 5.7
+    headers replaced by stand-ins (manager/hip_standins.py)."""
+    name: str
+    source: str  # path in the vLLM tree
+    # (regex, replacement, why): layout-preserving edits the Debian toolchain needs; each must match
+    edits: tuple[tuple[str, str, str], ...]
+    defines: tuple[str, ...]
+    census_kernels: tuple[str, ...]  # mangled-name prefixes of the kernels the census is taken over
+
+
+def _mangled(kernel: str, T: str, args: tuple[int, ...]) -> str:
+    return f"_Z{len(kernel)}{kernel}I{T}" + "".join(f"Li{a}E" for a in args) + "E"
+
+
+# The dense bf16/fp16 wvSplitK GEMV (entry dense-wvsplitk-n1-tune). Two things in it do not
+# compile with Debian 12's HIP 5.2 / clang 15, both in the kernels' `bigType` unions, both sized
+# like their neighbours so the union's layout is unchanged:
+#  * `float2 f2[A_CHUNK / 4]`: HIP 5.2's float2 has a user-written copy assignment, which deletes
+#    the union's (every `bigA = *(bigType*)...` fails); ROCm >= 6's is trivial. No gfx11 code uses
+#    the member, so it is dropped (a use would fail to compile, not pass silently).
+#  * `__bf16` (the gfx9 MFMA member `h4`, never used on gfx11): clang 15 has no __bf16 on AMDGPU
+#    (clang >= 17 has); it is spelled as the 2-byte `unsigned short` instead.
+DENSE_WVSPLITK_TUNED = (32, 2, 4, 16, 4, 1)  # THRDS, YTILE, WvPrGrp, A_CHUNK, UNRL, N: the tune table's default (idx 10)
+HIP_SOURCES = (
+    HipSource(
+        "dense_wvsplitk", "csrc/rocm/skinny_gemms.cu",
+        edits=((r"(?m)^(\s*)float2 f2\[A_CHUNK / 4\];",
+                r"\1/* float2 f2[A_CHUNK / 4]: unused on gfx11, dropped for HIP 5.2 (vpatch kernels.py) */",
+                "HIP 5.2's float2 is not trivially copy-assignable"),),
+        defines=("USE_ROCM", "__bf16=unsigned short"),
+        census_kernels=(_mangled("wvSplitK_hf_sml_", "14__hip_bfloat16", DENSE_WVSPLITK_TUNED),
+                        _mangled("wvSplitK_hf_sml_", "6__half", DENSE_WVSPLITK_TUNED)),
+    ),
+)
+MEGA_CFG_H = "csrc/rocm/moe_megakernel_cfg.h"
+_MEGA_CFG_RE = re.compile(r"constexpr\s+MegaCfg\s+kMegaCfg\s*=\s*\{([^}]*)\}")
+
+
+def megakernel_cfg(tree: Path) -> tuple[int, int, int, int, int] | None:
+    """(THRDS, YTILE, WvPrGrp, A_CHUNK, UNRL) of the megakernel launch in `tree`, if it says."""
+    path = Path(tree) / MEGA_CFG_H
+    if not path.is_file():
+        return None
+    m = _MEGA_CFG_RE.search(path.read_text())
+    if not m:
+        return None
+    vals = tuple(int(v) for v in m.group(1).replace(" ", "").split(","))
+    return vals if len(vals) == 5 else None
+
+
+def hip_units(tree: Path) -> tuple[HipUnit, ...]:
+    """The HIP units to build for `tree`: the megakernel at the launch its tree configures
+    (moe_megakernel_cfg.h), so that the ISA census of each tuning entry shows its own step."""
+    cfg = megakernel_cfg(tree)
+    if cfg is None:
+        return HIP_UNITS
+    t, y, w, a, u = cfg
+    mega = HipUnit("moe_megakernel", "csrc/rocm/moe_megakernel.cuh", (
+        _inst("moe_megakernel_gemm2_reduce", f"{t},{y},{w},{a},{u},32,8192,true", _MEGA_ARGS, "bf16_t"),
+        _inst("moe_megakernel_gemm2_reduce", f"{t},{y},{w},{a},{u},128,8192,false", _MEGA_ARGS, "__half"),
+    ))
+    return tuple(mega if unit.name == "moe_megakernel" else unit for unit in HIP_UNITS)
 FUSED_MOE_PY = "vllm/model_executor/layers/fused_moe/fused_moe.py"
 
 
@@ -194,6 +261,25 @@ def _functions(isa: str) -> dict[str, list[str]]:
     return funcs
 
 
+def _spans(isa: str, names: set[str]) -> list[str]:
+    """The text of each kernel in `names`, from its label to the next kernel's label (so with the
+    `; NumVgprs` / `; Occupancy` notes the compiler writes after it)."""
+    out: list[str] = []
+    cur: list[str] | None = None
+    for ln in isa.splitlines():
+        m = re.match(r"^([A-Za-z_][\w.$]*):(\s|;|$)", ln)
+        if m and not ln.startswith(".L"):
+            if cur is not None:
+                out.append("\n".join(cur))
+            cur = [ln] if m.group(1) in names else None
+            continue
+        if cur is not None:
+            cur.append(ln)
+    if cur is not None:
+        out.append("\n".join(cur))
+    return out
+
+
 def hot_loop(lines: list[str]) -> list[str]:
     """The loop (label .. backward branch to it) that does the most dot/FMA work.
 
@@ -221,11 +307,23 @@ def hot_loop(lines: list[str]) -> list[str]:
     return lines[start:end + 1]
 
 
-def census(isa_text: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(whole-kernel counts, hot-loop counts), summed over the kernels in the text."""
+def census(isa_text: str, only: tuple[str, ...] = ()) -> tuple[dict[str, int], dict[str, int]]:
+    """(whole-kernel counts, hot-loop counts), summed over the kernels in the text (or over those
+    whose symbol starts with one of `only`)."""
     whole: dict[str, int] = {}
     loop: dict[str, int] = {}
-    for lines in _functions(isa_text).values():
+    funcs = _functions(isa_text)
+    if only:
+        funcs = {k: v for k, v in funcs.items() if k.startswith(only)}
+        isa_text = "\n".join(_spans(isa_text, set(funcs)))  # with the compiler's notes after each
+    # the compiler's own resource notes: register use and waves per SIMD (the launch-bounds effect)
+    vgprs = [int(v) for v in re.findall(r"^\s*; NumVgprs: (\d+)", isa_text, re.M)]
+    occ = [int(v) for v in re.findall(r"^\s*; Occupancy: (\d+)", isa_text, re.M)]
+    if vgprs:
+        whole["vgprs_max"] = max(vgprs)
+    if occ:
+        whole["occupancy_min"] = min(occ)
+    for lines in funcs.values():
         for k, v in _count(lines).items():
             whole[k] = whole.get(k, 0) + v
         for k, v in _count(hot_loop(lines)).items():
@@ -284,7 +382,6 @@ def _unsupported_from_log(log: str) -> bool:
 
 def build_hip(tree: Path, out_dir: Path, unit: HipUnit, arch: str, hipcc: str, major: int | None,
               timeout: int = 600) -> KernelBuild:
-    import time
 
     kb = KernelBuild(unit.name, arch, "hip", "skipped")
     header = tree / unit.header
@@ -302,18 +399,80 @@ def build_hip(tree: Path, out_dir: Path, unit: HipUnit, arch: str, hipcc: str, m
                    + "\n".join(unit.instantiations) + "\n}\n")
     base = [hipcc, "-std=c++17", "-O3", f"--offload-arch={arch}", *_bitcode_args(),
             "-I", str(header.parent), "--cuda-device-only"]
-    isa = out_dir / f"{unit.name}.{arch}.s"
-    obj = out_dir / f"{unit.name}.{arch}.o"
+    _compile_and_census(kb, base, src, out_dir, unit.name, arch, major, timeout)
+    return kb
+
+
+def build_hip_source(tree: Path, out_dir: Path, unit: HipSource, arch: str, hipcc: str, major: int | None,
+                     timeout: int = 1200) -> KernelBuild:
+    """Compile a whole vLLM source device-only (see HipSource); census over `unit.census_kernels`."""
+
+    from .hip_standins import write_standins
+
+    kb = KernelBuild(unit.name, arch, "hip", "skipped")
+    source = tree / unit.source
+    if not source.is_file():
+        kb.reason = f"{unit.source} not in this tree"
+        return kb
+    why = _unsupported_reason(arch, major)
+    if why:
+        kb.status, kb.reason = "unsupported", why
+        return kb
+    text = source.read_text()
+    for pattern, repl, what in unit.edits:
+        text, n = re.subn(pattern, repl, text)
+        if n == 0:
+            kb.status = "failed"
+            kb.reason = (f"{unit.source} changed: the build's edit for {what} ({pattern!r}) no longer matches; "
+                         "revisit HIP_SOURCES in manager/kernels.py")
+            return kb
+    src_dir = out_dir / "src"
+    src_dir.mkdir(parents=True, exist_ok=True)
+    src = src_dir / source.name
+    src.write_text(text)
+    standins = write_standins(out_dir / "standins")
+    # stand-ins first; then the source's own folder (its "x.h" and "../x.h" includes) and csrc/
+    base = [hipcc, "-std=c++17", "-O3", f"--offload-arch={arch}", *_bitcode_args(), "-I", str(standins),
+            "-I", str(source.parent), "-I", str(tree / "csrc"), *[f"-D{d}" for d in unit.defines],
+            "--cuda-device-only", "-Wno-unused-command-line-argument"]
+    # Two compiles, as for the headers: -save-temps (one compile) would go through clang 15's
+    # assembler, which rejects some gfx11 v_mad_u64_u32 its own code generator emits here.
+    if not _compile_and_census(kb, base, src, out_dir, unit.name, arch, major, timeout, unit.census_kernels):
+        return kb
+    if not kb.census.get("instructions"):
+        kb.reason = "compiled; none of the census kernels is instantiated in this tree"
+    return kb
+
+
+def _compile_and_census(kb: KernelBuild, base: list[str], src: Path, out_dir: Path, name: str, arch: str,
+                        major: int | None, timeout: int, only: tuple[str, ...] = ()) -> bool:
+    """Compile (see _compile), then time and census the ISA into kb (over `only` kernels when given)."""
+    import time
+
     t0 = time.monotonic()
+    if not _compile(kb, base, src, out_dir, name, arch, major, timeout):
+        return False
+    kb.seconds = round(time.monotonic() - t0, 2)
+    kb.status = "ok"
+    assert kb.isa is not None  # _compile set it or returned False
+    kb.census, kb.hot_loop = census(Path(kb.isa).read_text(), only)
+    return True
+
+
+def _compile(kb: KernelBuild, base: list[str], src: Path, out_dir: Path, name: str, arch: str,
+             major: int | None, timeout: int) -> bool:
+    """`-S` (ISA) then `-c` (code object); on failure fills kb and returns False."""
+    isa = out_dir / f"{name}.{arch}.s"
+    obj = out_dir / f"{name}.{arch}.o"
     for flag, dst in (("-S", isa), ("-c", obj)):
         try:
             r = subprocess.run([*base, flag, str(src), "-o", str(dst)], capture_output=True, text=True,
                                timeout=timeout, env=_hip_env())
         except subprocess.TimeoutExpired:
             kb.status, kb.reason = "failed", f"hipcc timed out after {timeout}s"
-            return kb
+            return False
         log = r.stdout + r.stderr
-        (out_dir / f"{unit.name}.{arch}{flag}.log").write_text(log)
+        (out_dir / f"{name}.{arch}{flag}.log").write_text(log)
         if r.returncode != 0 or not dst.is_file():
             if _unsupported_from_log(log):
                 kb.status = "unsupported"
@@ -321,11 +480,9 @@ def build_hip(tree: Path, out_dir: Path, unit: HipUnit, arch: str, hipcc: str, m
             else:
                 kb.status, kb.reason = "failed", f"hipcc {flag} exited {r.returncode}"
             kb.log_tail = _tail(log)
-            return kb
-    kb.seconds = round(time.monotonic() - t0, 2)
-    kb.status, kb.isa, kb.code_object = "ok", str(isa), str(obj)
-    kb.census, kb.hot_loop = census(isa.read_text())
-    return kb
+            return False
+    kb.isa, kb.code_object = str(isa), str(obj)
+    return True
 
 
 def build_triton(tree: Path, out_dir: Path, variant: TritonVariant, arch: str) -> KernelBuild:
@@ -340,7 +497,7 @@ def build_triton(tree: Path, out_dir: Path, variant: TritonVariant, arch: str) -
     except ImportError as e:
         kb.reason = f"triton not importable: {e}"
         return kb
-    from vpatch.validation.w4a16_ref import load_triton_kernels, triton_moe_config
+    from .triton_src import load_triton_kernels, triton_moe_config
 
     try:
         mod = load_triton_kernels(src, cache_dir=out_dir / "src")
@@ -410,12 +567,18 @@ def check_kernels(tree: Path, out_dir: Path, *, hip_archs=("gfx1100", "gfx1151")
         report.toolchain["triton"] = version("triton")
     except Exception:  # noqa: BLE001
         report.toolchain["triton"] = "not installed"
-    for unit in HIP_UNITS:
+    for unit in hip_units(tree):
         for arch in hip_archs:
             if hipcc is None:
                 report.builds.append(KernelBuild(unit.name, arch, "hip", "skipped", reason=HIPCC_HINT))
             else:
                 report.builds.append(build_hip(tree, out_dir, unit, arch, hipcc, major))
+    for src_unit in HIP_SOURCES:
+        for arch in hip_archs:
+            if hipcc is None:
+                report.builds.append(KernelBuild(src_unit.name, arch, "hip", "skipped", reason=HIPCC_HINT))
+            else:
+                report.builds.append(build_hip_source(tree, out_dir, src_unit, arch, hipcc, major))
     if triton_archs:
         report.builds += _triton_in_child(tree, out_dir, tuple(triton_archs))
     (out_dir / "report.json").write_text(report.to_json())

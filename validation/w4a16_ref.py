@@ -261,7 +261,7 @@ def emulate_wvsplitk(
             for wy in range(WV):
                 m = (bx * WV + wy) * plan.yt
                 while m < M:
-                    for n, s in enumerate(slots):
+                    for s in slots:
                         if s >= num_valid:
                             continue
                         row = a[s // plan.a_row_div].to(torch.float32)
@@ -280,6 +280,20 @@ def emulate_wvsplitk(
                             writes[s, m + y] += 1
                     m += plan.grid[0] * WV * plan.yt
     return c, writes
+
+
+# --- mirror of the kernels' bf16 output rounding (num<bf16_t>::from_f) -------
+
+
+def bf16_from_f32_bits(u: int) -> int:
+    """The 16 bf16 bits the HIP kernels store for the fp32 bit pattern `u`.
+
+    Round to nearest even; a NaN stays a quiet NaN (a plain RTNE carry turns a NaN whose payload
+    sits in the low 16 bits into +-Inf, and 0xFFFFxxxx into +0)."""
+    u &= 0xFFFFFFFF
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return ((u >> 16) | 0x0040) & 0xFFFF
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
 
 
 # --- mirror of the megakernel's per-block m-stripes (moe_megakernel.cu) ------
@@ -324,6 +338,8 @@ def emulate_megakernel(plan: MegaPlan, act, b_q, scales, group_size, topk_ids, t
         part = torch.zeros(top_k, plan.per_block_m)
         for s in range(top_k):
             e = int(topk_ids.flatten()[s])
+            if e < 0:  # expert on another rank: the kernel skips the slot
+                continue
             for local in range(plan.per_block_m):
                 m = megakernel_owner(plan, b, local)
                 if m < M:
@@ -331,65 +347,16 @@ def emulate_megakernel(plan: MegaPlan, act, b_q, scales, group_size, topk_ids, t
         for local in range(plan.per_block_m):
             m = megakernel_owner(plan, b, local)
             if m < M:
-                out[m] = (part[:, local] * topk_weights.flatten().to(torch.float32)).sum()
+                live = (topk_ids.flatten() >= 0).to(torch.float32)
+                out[m] = (part[:, local] * topk_weights.flatten().to(torch.float32) * live).sum()
                 writes[m] += 1
     return out, writes
 
 
 # --- loading the series' Triton kernel without importing vLLM ---------------
 
-TRITON_KERNELS = ("write_zeros_to_output", "unshuffle_w4a16", "fused_moe_kernel_gptq_awq")
-
-
-def load_triton_kernels(fused_moe_py, names=TRITON_KERNELS, cache_dir=None):
-    """Import just the named @triton.jit functions of a (patched) fused_moe.py.
-
-    fused_moe.py imports the whole of vLLM; the kernels themselves need only
-    triton. Their source is cut out with ``ast`` (decorators included) and
-    written to a small module that imports triton directly, so Triton (and
-    TRITON_INTERPRET=1, which needs the source file) sees the exact code of
-    the patched tree. Returns a namespace with the functions.
-    """
-    import ast
-    import hashlib
-    import importlib.util
-    import tempfile
-    from pathlib import Path
-
-    src = Path(fused_moe_py).read_text()
-    lines = src.splitlines(keepends=True)
-    found = {}
-    for node in ast.parse(src).body:
-        if isinstance(node, ast.FunctionDef) and node.name in names:
-            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            found[node.name] = "".join(lines[start - 1 : node.end_lineno])
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise LookupError(f"{fused_moe_py}: no {', '.join(missing)} (is the patch applied?)")
-    body = "import torch\nimport triton\nimport triton.language as tl\n\n\n" + "\n\n".join(
-        found[n] for n in names
-    )
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    d = Path(cache_dir or tempfile.gettempdir()) / "vpatch-w4a16-kernels"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"fused_moe_kernels_{digest}.py"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(body)
-        tmp.replace(path)
-    spec = importlib.util.spec_from_file_location(f"vpatch_w4a16_{digest}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def triton_moe_config(N: int, group_size: int, block_m: int = 64) -> dict:
-    """The hybrid entry's per-shape prefill config (mirrors _triton_config)."""
-    if N < 1792:  # gate_up (N=1536 on Qwen3-Omni)
-        cfg = dict(BLOCK_SIZE_N=32, num_warps=2, num_stages=2)
-    else:  # down (N=2048)
-        cfg = dict(BLOCK_SIZE_N=128, num_warps=4, num_stages=1)
-    return dict(BLOCK_SIZE_M=block_m, BLOCK_SIZE_K=min(group_size, 64), GROUP_SIZE_M=1, SPLIT_K=1, **cfg)
+# The kernel loader lives in the manager (the gfx11 AOT build uses it); re-exported here for the tests.
+from vpatch.manager.triton_src import TRITON_KERNELS, load_triton_kernels, triton_moe_config  # noqa: E402,F401
 
 
 def run_triton_moe_gemm(
@@ -451,28 +418,37 @@ def run_triton_moe_gemm(
 
 # --- a minimal patched tree for the kernel tests and the gfx11 build ---------
 
-KERNEL_ENTRIES = ("moe-int4-wvsplitk", "fused-moe-hybrid-w4a16")
+KERNEL_ENTRIES = ("moe-int4-wvsplitk", "fused-moe-hybrid-w4a16", "moe-int4-dot2")
+# the megakernel's tuning steps, laid on top of the overlay (only their csrc/rocm/moe_* hunks)
+MEGA_STEP_ENTRIES = ("moe-megakernel-waves-8", "moe-megakernel-waves-12", "moe-megakernel-waves-16",
+                     "moe-megakernel-achunk-32")
 KERNEL_PATHS = ("vllm/model_executor/layers/fused_moe/fused_moe.py",
                 "vllm/model_executor/layers/fused_moe/experts/hybrid_w4a16_moe.py",
                 "csrc/rocm/moe_*")
+# the dense wvSplitK GEMV: the base's source and the headers it includes from csrc/, then the entry
+DENSE_ENTRY = "dense-wvsplitk-n1-tune"
+DENSE_BASE_PATHS = ("csrc/rocm/skinny_gemms.cu", "csrc/cuda_compat.h", "csrc/core/batch_invariant.hpp")
+DENSE_PATHS = ("csrc/rocm/skinny_gemms.cu", "csrc/rocm/wvsplitk_tune.h")
 
 
 def build_kernel_tree(series_root, dest, base: str = "v0.28.0"):
     """The kernel files of base + the series' kernel entries, in `dest`.
 
     Only the files the kernels live in are materialised: the base's
-    fused_moe.py (from the PyPI release cache of ``vpatch.manager.sources``,
-    downloaded once if missing), the two patch entries applied with
-    ``git apply --include``, then the megakernel overlay laid down.
+    fused_moe.py and skinny_gemms.cu (from the PyPI release cache of
+    ``vpatch.manager.sources``, downloaded once if missing), the MoE GEMV patch entries
+    and the dense wvSplitK entry applied with ``git apply --include``, then the
+    megakernel overlay laid down.
     ``$VPATCH_VLLM_TREE`` (a fully patched tree, e.g. a workspace) is used as it
     is when set. Raises RuntimeError with the reason when no base is reachable.
     """
     import io
     import os
     import shutil
-    import subprocess
     import tarfile
     from pathlib import Path
+
+    from vpatch.manager.git import run_git, run_git_bytes
 
     given = os.environ.get("VPATCH_VLLM_TREE")
     if given:
@@ -490,18 +466,29 @@ def build_kernel_tree(series_root, dest, base: str = "v0.28.0"):
     except Exception as e:  # noqa: BLE001 - any failure means: no base here
         raise RuntimeError(f"no vLLM {base} source reachable ({type(e).__name__}: {e}); "
                            "set VPATCH_VLLM_TREE to a patched tree") from e
-    r = subprocess.run(["git", "--git-dir", str(repo), "archive", "--format=tar", base, "--", KERNEL_PATHS[0]],
-                       capture_output=True, check=True)
-    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+    tar = run_git_bytes("--git-dir", str(repo), "archive", "--format=tar", base, "--", KERNEL_PATHS[0],
+                        *DENSE_BASE_PATHS)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         tf.extractall(dest, filter="data")
     for entry in KERNEL_ENTRIES:
-        argv = ["git", "apply", *[f"--include={p}" for p in KERNEL_PATHS],
-                str(series_root / "patches" / f"{entry}.patch")]
-        p = subprocess.run(argv, cwd=dest, capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RuntimeError(f"{entry}.patch does not apply to {base}'s kernel files: {p.stderr.strip()}")
+        p = run_git("apply", *[f"--include={p}" for p in KERNEL_PATHS],
+                    str(series_root / "patches" / f"{entry}.patch"), cwd=dest, check=False)
+        if not p.ok:
+            raise RuntimeError(f"{entry}.patch does not apply to {base}'s kernel files: {p.err}")
+    dense = series_root / "patches" / f"{DENSE_ENTRY}.patch"
+    if dense.is_file():
+        p = run_git("apply", *[f"--include={q}" for q in DENSE_PATHS], str(dense), cwd=dest, check=False)
+        if not p.ok:
+            raise RuntimeError(f"{DENSE_ENTRY}.patch does not apply to {base}'s skinny_gemms.cu: {p.err}")
     overlay = series_root / "overlay" / "moe-megakernel"
     if overlay.is_dir():
         shutil.copytree(overlay, dest, dirs_exist_ok=True)
+        for entry in MEGA_STEP_ENTRIES:
+            patch = series_root / "patches" / f"{entry}.patch"
+            if not patch.is_file():
+                continue
+            p = run_git("apply", "--include=csrc/rocm/moe_*", str(patch), cwd=dest, check=False)
+            if not p.ok:
+                raise RuntimeError(f"{entry}.patch does not apply to the megakernel files: {p.err}")
     (dest / ".vpatch-kernel-tree").write_text(base + "\n")
     return dest

@@ -95,7 +95,7 @@ def _time(fn, iters: int, warmup: int, graph: bool, rotations: int):
         runners[i % rotations]()
         ends[i].record()
     torch.cuda.synchronize()
-    return [round(s.elapsed_time(e) * 1000.0, 3) for s, e in zip(starts, ends)]
+    return [round(s.elapsed_time(e) * 1000.0, 3) for s, e in zip(starts, ends, strict=True)]
 
 
 def main(argv=None) -> int:
@@ -155,13 +155,13 @@ def main(argv=None) -> int:
         c = torch.empty(T, top_k, N, dtype=dtype, device=dev)
 
         def triton_fn(r, shuffle=True):
-            _, sid, eid, ntp = sets[r]
-            R.run_triton_moe_gemm(kern, x, w_shuf if shuffle else w_up, s_dev, c, sid, eid, ntp, tk, G,
-                                  {**cfg, "num_warps": nw, "num_stages": ns}, shuffle=shuffle)
+            _, sid, eid, ntp = sets[r]  # noqa: B023 (called within this iteration)
+            R.run_triton_moe_gemm(kern, x, w_shuf if shuffle else w_up, s_dev, c, sid, eid, ntp, tk, G,  # noqa: B023 (called within this iteration)
+                                  {**cfg, "num_warps": nw, "num_stages": ns}, shuffle=shuffle)  # noqa: B023 (called within this iteration)
 
         def hip_fn(r):
-            _, sid, eid, ntp = sets[r]
-            hip_op(x, c.view(-1, N), w_shuf, s_dev, None, sid, eid, ntp, top_k, 16, G, cu)
+            _, sid, eid, ntp = sets[r]  # noqa: B023 (called within this iteration)
+            hip_op(x, c.view(-1, N), w_shuf, s_dev, None, sid, eid, ntp, top_k, 16, G, cu)  # noqa: B023 (called within this iteration)
 
         variants = {name: hip_fn if hip_op is not None else triton_fn}
         if a.compare:
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         with open(a.out, "a") as f:
             for line in lines:
                 f.write(json.dumps(line) + "\n")
-    return 0 if all(l["rel_err"] < 2e-2 for l in lines) else 1
+    return 0 if all(ln["rel_err"] < 2e-2 for ln in lines) else 1
 
 
 if __name__ == "__main__":

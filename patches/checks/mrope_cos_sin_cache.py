@@ -151,7 +151,6 @@ class CopyCounter:
 
 def fake_triton_mrope(record: list):
     """A torch implementation of triton_mrope's maths (NeoX or GPT-J pairs, interleaved or not)."""
-    import torch
 
     from vllm.model_executor.layers.rotary_embedding import mrope as mrope_mod
 
@@ -309,7 +308,7 @@ def torch_index(t, idx):
 
 def _step(fn, positions, qs, ks):
     outs = []
-    for q, k in zip(qs, ks):
+    for q, k in zip(qs, ks, strict=True):
         qo, ko = fn(positions, q.clone(), k.clone())
         outs.append((qo, ko))
     return outs
@@ -322,7 +321,7 @@ def _check_path(name, fn, kernel, emb, mrope_mod, record, half, failures):
     copies = CopyCounter(half)
     for step, n in enumerate((17, 3, 3)):  # a short prefill, then two decode steps
         positions, qs, ks = _inputs(n, seed=100 + step, dtype=emb.cos_sin_cache.dtype)
-        refs = [_reference(emb, mrope_mod, positions, q, k, kernel) for q, k in zip(qs, ks)]
+        refs = [_reference(emb, mrope_mod, positions, q, k, kernel) for q, k in zip(qs, ks, strict=True)]
         record.clear()
         counter.gathers, copies.copies = 0, 0
         try:
@@ -333,7 +332,7 @@ def _check_path(name, fn, kernel, emb, mrope_mod, record, half, failures):
             failures.append(f"{name}: cannot run on CPU ({type(e).__name__}: {e}); static analysis: {note}")
             print(f"  {name}: could not run on CPU: {type(e).__name__}: {e}; static analysis: {note}")
             return
-        same = all(torch.equal(o[0], r[0]) and torch.equal(o[1], r[1]) for o, r in zip(outs, refs))
+        same = all(torch.equal(o[0], r[0]) and torch.equal(o[1], r[1]) for o, r in zip(outs, refs, strict=True))
         kinfo = ""
         if kernel:
             nc = sum(1 for r in record if not (r[2] and r[3]))
@@ -391,7 +390,7 @@ def _check_invalidation(emb, mrope_mod, failures):
         out = _step(fn, new_pos, qs, ks)
         miss_new = counter.gathers - g0
         ok_new = all(torch.equal(o[0], _reference(emb, mrope_mod, new_pos, q, k, False)[0])
-                     for o, q, k in zip(out, qs, ks))
+                     for o, q, k in zip(out, qs, ks, strict=True))
         # (c) the same buffer rewritten in place (a persistent positions buffer reused by the next step)
         buf = positions.clone()
         _step(fn, buf, qs, ks)
@@ -400,13 +399,13 @@ def _check_invalidation(emb, mrope_mod, failures):
         out = _step(fn, buf, qs, ks)
         miss_inplace = counter.gathers - g0
         ok_inplace = all(torch.equal(o[0], _reference(emb, mrope_mod, buf, q, k, False)[0])
-                         for o, q, k in zip(out, qs, ks))
+                         for o, q, k in zip(out, qs, ks, strict=True))
         # (d) a query dtype other than the cache's: _match_cos_sin_cache_dtype swaps the cache
         q32 = [q.float() for q in qs]
         k32 = [k.float() for k in ks]
         out = _step(fn, buf, q32, k32)
         ok_dtype = all(torch.equal(o[0], _reference(emb, mrope_mod, buf, q, k, False)[0])
-                       for o, q, k in zip(out, q32, k32))
+                       for o, q, k in zip(out, q32, k32, strict=True))
         # back to the model dtype for what follows
         _step(fn, buf, qs, ks)
     print(f"  invalidation: same tensor again -> {hit} gather(s); new tensor -> {miss_new}, values right: "
@@ -438,7 +437,7 @@ def _check_compile_bypass(emb, mrope_mod, failures):
     finally:
         torch.compiler.is_compiling = orig
     ok = all(torch.equal(o[0], _reference(emb, mrope_mod, positions, q, k, False)[0])
-             for o, q, k in zip(out, qs, ks))
+             for o, q, k in zip(out, qs, ks, strict=True))
     print(f"  while tracing (is_compiling forced True): {counter.gathers} gathers for {len(qs)} layers "
           f"(expected {len(qs)}: cache bypassed), values right: {ok}")
     if counter.gathers != len(qs) or not ok:

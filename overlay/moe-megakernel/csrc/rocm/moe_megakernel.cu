@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "moe_megakernel.cuh"
+#include "moe_megakernel_cfg.h"
 
 namespace {
 template <typename T>
@@ -45,7 +46,9 @@ void moe_megakernel_gemm2(const at::Tensor& act, at::Tensor& out,
               "group_size must be 32, 64 or 128");
   TORCH_CHECK(K % 32 == 0 && M % 2 == 0, "K % 32 and M % 2 required");
 
-  constexpr int THRDS = 32, YTILE = 2, WVPRGRP = 16, A_CHUNK = 32, UNRL = 4;
+  constexpr auto cfg = vllm_moe_int4::kMegaCfg;
+  constexpr int THRDS = cfg.thrds, YTILE = cfg.ytile, WVPRGRP = cfg.wvprgrp,
+                A_CHUNK = cfg.a_chunk, UNRL = cfg.unrl;
   constexpr int LDS_ELEMS = 8192;
   TORCH_CHECK(K <= LDS_ELEMS, "K exceeds the LDS activation slab");
   // Grow the grid until one workgroup's partials fit in LDS.

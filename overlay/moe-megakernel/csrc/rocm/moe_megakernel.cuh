@@ -5,11 +5,11 @@
 // un-permute in one launch. Device code only, no torch headers (the host
 // wrapper is moe_megakernel.cu), so it can be built device-only for gfx11.
 //
-//   for slot in [0, top_k):                    (walked inside the kernel)
+//   for slot in [0, top_k) with topk_ids[slot] >= 0:   (inside the kernel)
 //     stage act[slot] in LDS (optionally silu(gate) * up on the fly)
 //     for m in this workgroup's m-stripe:
 //       part[slot][m] = act[slot] . dequant(W2[topk_ids[slot], m, :])
-//   out[m] = sum_slot topk_weights[slot] * part[slot][m]
+//   out[m] = sum over those slots of topk_weights[slot] * part[slot][m]
 //
 // Each workgroup owns a disjoint m-stripe (m steps by gridDim.x * WvPrGrp *
 // YTILE and workgroups differ only in blockIdx.x), so the per-slot partials
@@ -47,7 +47,10 @@ __global__ void __launch_bounds__(WvPrGrp* THRDS)
   const int num_groups = K / GROUP_SIZE;
 
   for (int slot = 0; slot < top_k; slot++) {
+    // -1: the expert is not on this rank (expert parallel, mapped by the
+    // caller through expert_map); the slot adds nothing. Uniform per block.
     const int expert = topk_ids[slot];
+    if (expert < 0) continue;
     __syncthreads();  // the previous slot is done reading s
     if constexpr (FUSE_SILU) {
       // act is [top_k, 2K] gate|up; every thread of the block takes part
@@ -132,7 +135,8 @@ __global__ void __launch_bounds__(WvPrGrp* THRDS)
     if (m >= M) continue;
     float acc = 0.0f;
     for (int slot = 0; slot < top_k; slot++)
-      acc += topk_weights[slot] * part[slot * per_block_m + local];
+      if (topk_ids[slot] >= 0)
+        acc += topk_weights[slot] * part[slot * per_block_m + local];
     out[m] = num<scalar_t>::from_f(acc);
   }
 }
