@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, int, bool], list[TrialResult]] = {}
     cpu: dict[str, float] = {}
     with mp.get_context("fork").Pool(args.jobs) as pool:
-        for job, (name, n, res, secs) in zip(jobs, pool.imap(_cell, jobs)):
+        for job, (name, n, res, secs) in zip(jobs, pool.imap(_cell, jobs), strict=True):
             results.setdefault((name, n, job[5]), []).extend(res)
             cpu[name] = cpu.get(name, 0.0) + secs
     wall = time.perf_counter() - t0

@@ -17,13 +17,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from vpatch.manager import atomic
+from vpatch.manager import state as vstate
 from vpatch.manager.prefixes import Prefix
 
 from . import stats
 from .bisect import Bisector, Budget, ProbeFailed, run_bisect
+from .host import host_fingerprint
 from .store import GATE_NONE, RunContext, Store, new_boot_id
 from .validate import config_hash
 
@@ -36,13 +39,17 @@ class SeriesOracle:
 
     positions: list[Prefix]
     materialize: Callable[[Prefix], Path]
-    measurer: object
+    measurer: Any  # a validation.measure measurer: boot(), config_content(), metric, unit
     store: Store
     base: str
     signature: Callable[[Prefix], str]
     gate: str = GATE_NONE
     env: dict | None = None
     built: set | None = None
+    # the cpu target: a position -> its engine ({"versions", "fingerprint"}); where a position's base is not
+    # ``base`` (upstream positions: each is its own upstream commit), the base it sits on
+    engine: Callable[[Prefix], Mapping] | None = None
+    base_of: Callable[[Prefix], str] | None = None
 
     def build_cost(self, position: int) -> float:
         sig = self.signature(self.positions[position])
@@ -59,13 +66,16 @@ class SeriesOracle:
         self.built.add(self.signature(p))
         values = self.measurer.boot(tree, env=self.env, runs=n_runs)
         content = self.measurer.config_content()
-        import subprocess
+        from vpatch.manager.git import run_git
 
-        tree_hash = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=tree, capture_output=True,
-                                   text=True).stdout.strip() or p.tree
-        ctx = RunContext(tree=tree_hash, base=self.base, config_hash=config_hash(content), config_content=content,
-                         entry_id=p.entry_id, prefix_index=p.position, gate=self.gate, label=p.label)
-        self.store.add_samples(ctx, self.measurer.metric, values, unit=self.measurer.unit, boot_id=new_boot_id())
+        tree_hash = run_git("rev-parse", "HEAD^{tree}", cwd=tree, check=False).out or p.tree
+        eng = self.engine(p) if self.engine else {}
+        ctx = RunContext(tree=tree_hash, base=self.base_of(p) if self.base_of else self.base,
+                         config_hash=config_hash(content), config_content=content,
+                         entry_id=p.entry_id, prefix_index=p.position, gate=self.gate, label=p.label,
+                         host=host_fingerprint(), versions=eng.get("versions"))
+        self.store.add_samples(ctx, self.measurer.metric, values, unit=self.measurer.unit, boot_id=new_boot_id(),
+                               extra={"engine": eng["fingerprint"]} if eng.get("fingerprint") else None)
         return values
 
 
@@ -86,10 +96,11 @@ class BisectState:
         return self.path.exists()
 
     def load(self) -> dict:
-        return atomic.read_json(self.path)
+        """The saved state, validated (a damaged file: one line naming it and `vpatch bisect reset`)."""
+        return vstate.read(vstate.BisectRecord, self.path)
 
     def save(self, state: dict) -> None:
-        atomic.write_json(self.path, state)
+        atomic.write_json(self.path, vstate.stamp(state))
 
     def reset(self) -> bool:
         if self.path.exists():
@@ -101,7 +112,9 @@ class BisectState:
 def run_sampled(state: dict, st: BisectState, oracle: SeriesOracle, on_step=None) -> dict:
     bis = Bisector.from_json(state["search"]) if state.get("search") else Bisector(
         len(oracle.positions), confidence=state["confidence"], threshold_pct=state["threshold_pct"],
-        budget=Budget(max_runs=state.get("max_runs"), max_builds=state.get("max_builds")))
+        budget=Budget(max_runs=state.get("max_runs"), max_builds=state.get("max_builds")),
+        runs_per_batch=state.get("runs_per_batch"),
+        boot_cost_runs=state.get("boot_cost_runs", 1.0))
     oracle.built = set(state.get("built", []))
 
     def save(search_json: str) -> None:
@@ -160,8 +173,9 @@ def run_paired(state: dict, st: BisectState, positions: list[Prefix], items_of: 
                                       "reason": f"prefix {positions[mid].label} is neither clearly worse nor the same: {r.describe()}"},
                           positions)
     last = worse(hi)
-    return finish(state, st, {"status": "found", "culprit": hi, "probability": 1 - last.p_value,
-                              "reason": last.describe()}, positions)
+    # An exact test's p is not the probability that this is the culprit: report it as what it is.
+    return finish(state, st, {"status": "found", "culprit": hi, "p_value": last.p_value,
+                              "describe": last.describe(), "reason": last.describe()}, positions)
 
 
 def finish(state: dict, st: BisectState, result: dict, positions: list[Prefix]) -> dict:

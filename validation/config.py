@@ -14,7 +14,7 @@ Example (every key optional; these are the defaults unless noted)::
     readiness_timeout_s = 2700
     runs_per_boot = 3
     boots_min = 3
-    boots_max = 12
+    boots_max = 16
     num_iters = 10                 # vllm bench latency: timed iterations per invocation
     num_iters_warmup = 3
     num_prompts = 20               # vllm bench serve: requests per run
@@ -50,12 +50,13 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Fields that do not change what a measurement means (how long to wait for a server, how many boots
 # the sampler may spend, the port, where the gsm8k files are read from): they stay out of the
 # run-config hash, so changing them keeps earlier results comparable.
-NOT_HASHED = ("readiness_timeout_s", "boots_min", "boots_max", "port", "device_memory_gb")
+NOT_HASHED = ("readiness_timeout_s", "boots_min", "boots_max", "port", "device_memory_gb", "cpu")
 # Per kind of measurement, the fields that only the other kind reads: a new gsm8k limit must not make
 # earlier TPOT samples incomparable, nor a new output_len earlier gsm8k results.
 KIND_ONLY = {
     "latency": ("gsm8k",),
-    "accuracy": ("input_len", "output_len", "num_iters", "num_iters_warmup", "num_prompts", "runs_per_boot", "seed"),
+    "accuracy": ("input_len", "output_len", "num_iters", "num_iters_warmup", "num_prompts", "runs_per_boot", "seed",
+                 "tpot_from"),
 }
 
 
@@ -88,8 +89,8 @@ class ValidateConfig(_Model):
     device_memory_gb: float | None = Field(default=None, gt=0)
     readiness_timeout_s: float = Field(default=2700.0, gt=0)
     runs_per_boot: int = Field(default=3, ge=1)
-    boots_min: int = Field(default=3, ge=1)
-    boots_max: int = Field(default=12, ge=1)
+    boots_min: int = Field(default=3, ge=2)
+    boots_max: int = Field(default=16, ge=1)
     num_iters: int = Field(default=10, ge=1)
     num_iters_warmup: int = Field(default=3, ge=0)
     num_prompts: int = Field(default=20, ge=1)
@@ -98,6 +99,13 @@ class ValidateConfig(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
     gsm8k: Gsm8kConfig = Gsm8kConfig()
+    cpu: dict = Field(default_factory=dict, description="[validate.cpu]: overrides of CPU_PROFILE for --target cpu")
+    device: Literal["gpu", "cpu"] = "gpu"  # cpu: vLLM's CPU engine, where eager mode is allowed (no graphs there)
+    tpot_from: Literal["median_tpot", "e2el", "cpu_time"] = Field(
+        default="median_tpot",
+        description="median_tpot: vllm bench serve's median TPOT; e2el: its median end-to-end latency divided "
+                    "by output_len; cpu_time: the server's CPU ms per generated token (the cpu target: steady "
+                    "when other jobs crowd the machine)")
 
     @field_validator("env", mode="before")
     @classmethod
@@ -116,7 +124,7 @@ class ValidateConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "ValidateConfig":
+    def _check(self) -> ValidateConfig:
         if self.boots_max < self.boots_min:
             raise ValueError(f"boots_max ({self.boots_max}) is smaller than boots_min ({self.boots_min})")
         if self.input_len + self.output_len > self.max_model_len:
@@ -135,6 +143,10 @@ class ValidateConfig(_Model):
         d = self.model_dump(mode="json")
         for k in NOT_HASHED + KIND_ONLY.get(kind or "", ()):
             d.pop(k, None)
+        if d.get("device") == "gpu":  # the default: left out so that hashes from before the field stay valid
+            d.pop("device")
+        if d.get("tpot_from") == "median_tpot":  # likewise
+            d.pop("tpot_from")
         if "gsm8k" in d:
             d["gsm8k"].pop("data_dir", None)
         if kind:
@@ -164,13 +176,46 @@ class ValidateConfig(_Model):
         if self.device_memory_gb is None and device_total_gb == "auto":
             device_total_gb = device_total_memory_gb()
         total = self.device_memory_gb or device_total_gb
-        if not total:
+        if not total or total == "auto":
             raise ConfigError(
                 f"gpu_memory_gb = {self.gpu_memory_gb} needs the device's total memory, and none could be read",
                 "set [validate] device_memory_gb to the device's total memory in GB, or use a machine "
                 "where nvidia-smi / rocm-smi report it",
             )
         return gb_to_fraction(self.gpu_memory_gb, total)
+
+
+# `vpatch validate --target cpu`: vLLM's CPU engine serving the local tiny Qwen3-MoE
+# (validation/tinymodel.py). The GPU settings of [validate] do not apply there (another model, another
+# device); [validate.cpu] overrides these keys. Eager: the CPU engine has no graphs to replay, eager boots
+# without inductor's C++ compile, and it is where the MRoPE cos/sin cache acts (the cache is bypassed
+# while torch.compile traces). Boot counts: see the README's calibration.
+CPU_PROFILE: dict = {
+    "device": "cpu", "dtype": "float32", "max_model_len": 512, "input_len": 32, "output_len": 16, "num_prompts": 4,
+    "runs_per_boot": 3, "boots_min": 2, "boots_max": 6, "readiness_timeout_s": 1200.0, "tpot_from": "cpu_time",
+    "trust_remote_code": False, "extra_args": ("--max-num-seqs", "4", "--enforce-eager"),
+    "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+    "gsm8k": {"limit": 20, "num_fewshot": 0, "max_gen_toks": 32, "batch_size": 1, "backend": "local-completions"},
+}
+
+
+# What one boot of the CPU engine costs in bench runs, for the bisect's planning (README, "The CPU engine":
+# a boot 60-100 s; a run 35 s idle with 8 prompts x 64 tokens, shorter with this profile's; at load > 10
+# runs took 66-105 s, as long as a boot).
+CPU_BOOT_COST_RUNS = 2.0
+
+
+def cpu_config(cfg: ValidateConfig, model: str) -> ValidateConfig:
+    """The run configuration for the cpu target: :data:`CPU_PROFILE`, the local ``model``, then
+    ``[validate.cpu]``; ``seed``, ``port`` and gsm8k's ``data_dir`` carry over from ``[validate]``."""
+    over = dict(cfg.cpu)
+    data: dict = {**CPU_PROFILE, "model": model, "seed": cfg.seed, "port": cfg.port}
+    gsm = {**CPU_PROFILE["gsm8k"], "data_dir": cfg.gsm8k.data_dir, **(over.pop("gsm8k", None) or {})}
+    env = {**CPU_PROFILE["env"], **(over.pop("env", None) or {})}
+    data.update(over)
+    data.update(gsm8k=gsm, env=env)
+    return parse_validate_config(data, where="[validate.cpu]")
 
 
 def gb_to_fraction(gb: float, total_gb: float) -> float:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -21,7 +22,7 @@ COLORS = {"better": "#2e9d57", "worse": "#d1423f", "same": "#8a94a6", "unknown":
 BASE_COLOR = "#5b7bb5"
 _counter = [0]
 
-_RC = {
+_RC: dict[Any, Any] = {  # Any keys: matplotlib's stubs want each rc key as a literal
     "svg.fonttype": "none",
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans"],
@@ -133,7 +134,7 @@ def accuracy(acc: Sequence[Mapping]) -> str | None:
             ys = [p["acc_pct"] for p in a["points"]]
             es = [p["stderr_pct"] for p in a["points"]]
             ax.errorbar(xs, ys, yerr=es, fmt=marks[k % 4] + "-", ms=4.5, lw=1, capsize=3, label=a["filter"])
-            for x, p in zip(xs, a["points"]):
+            for x, p in zip(xs, a["points"], strict=True):
                 v = (p.get("paired") or {}).get("verdict")
                 if v in ("better", "worse"):
                     ax.plot(x, p["acc_pct"], "o", ms=11, mfc="none", mec=COLORS[v], mew=2)
@@ -154,7 +155,7 @@ def history(h: Mapping, *, wide: bool = False) -> str | None:
     with matplotlib.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(16, 3.6) if wide else (6.5, 3.4))
         xs = list(range(len(pts)))
-        for x, p in zip(xs, pts):
+        for x, p in zip(xs, pts, strict=True):
             ax.plot([x] * len(p["boot_medians"]), p["boot_medians"], ".", color="#9aa3b2", ms=4, zorder=2)
         ax.plot(xs, [p["median"] for p in pts], "-o", color=BASE_COLOR, ms=4, lw=1.4, zorder=3)
         ys = [v for p in pts for v in p["boot_medians"]]

@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -405,7 +406,13 @@ def _history(store: Store, metric: str, config: str | None, *, window: int, alph
 
 
 def _entry_outcome(e: dict[str, Any]) -> tuple[str, str]:
-    """(``failed`` | ``needs-human`` | ``passed`` | ``unknown``, why) for one entry row."""
+    """(``failed`` | ``needs-human`` | ``passed`` | ``not-checked`` | ``not-measured`` | ``upstream`` |
+    ``unknown``, why) for one entry row.
+
+    ``passed`` needs evidence: every declared effect check ran and passed, every claim was measured and decided
+    (met or not met), and something was measured at all. An entry whose checks did not run is ``not-checked``;
+    one whose claims (or, without claims, whose prefix) have no results is ``not-measured``; one upstream
+    already holds (dropped from the stack) is ``upstream``."""
     drift = (e.get("drift") or {}).get("status")
     contradicted = [c for c in e["claims"] if c["status"] == "contradicted"]
     worse_acc = [a for a in e["accuracy"] if (a.get("paired") or {}).get("verdict") == "worse"]
@@ -417,14 +424,23 @@ def _entry_outcome(e: dict[str, Any]) -> tuple[str, str]:
         why += [f"{a['filter']} accuracy worse: {a['describe']}" for a in worse_acc]
         why += [f"check failed: {c['name']}" for c in failed_checks]
         return "failed", "; ".join(why)
-    decided = [c for c in e["claims"] if c["status"] in ("met", "not-met")]
-    if decided or (not e["claims"] and any(m.get("comparison") for m in e["metrics"])) or drift in DRIFT_OK:
-        not_met = [c for c in e["claims"] if c["status"] == "not-met"]
-        if not_met:
-            return "passed", "; ".join(f"claim {c['text']} not met: {c['reason']}" for c in not_met)
-        return "passed", "claims met" if decided else ("measured" if not drift else f"drift: {drift}")
-    return "unknown", "nothing decided: " + (
-        ", ".join(f"{c['text']}: {c['status']}" for c in e["claims"]) or "no claims, no results")
+    measured = any(m.get("comparison") for m in e["metrics"])
+    if drift == "already-upstream" and not measured and not any(c["status"] in ("met", "not-met") for c in e["claims"]):
+        return "upstream", "already upstream: dropped from the stack, nothing of its own to measure"
+    not_run = [c for c in e["checks"] if c["status"] != "passed"]
+    if not_run:
+        return "not-checked", f"effect not checked: {len(not_run)} of {len(e['checks'])} check(s) did not run"
+    unmeasured = [c for c in e["claims"] if c["status"] == "not-measured"]
+    if unmeasured or (not e["claims"] and not measured):
+        return "not-measured", ("claims not measured: " + ", ".join(c["text"] for c in unmeasured)) if unmeasured \
+            else "nothing measured for this entry"
+    undecided = [c for c in e["claims"] if c["status"] not in ("met", "not-met")]
+    if undecided:
+        return "unknown", "nothing decided: " + ", ".join(f"{c['text']}: {c['status']}" for c in undecided)
+    not_met = [c for c in e["claims"] if c["status"] == "not-met"]
+    if not_met:
+        return "passed", "; ".join(f"claim {c['text']} not met: {c['reason']}" for c in not_met)
+    return "passed", "claims met" if e["claims"] else "measured"
 
 
 def build_report(
@@ -474,9 +490,9 @@ def build_report(
     for i, e in enumerate(series.entries, 1):
         chain.append((i, e.id, e.id, found.get(e.id)))
     prim: dict[tuple[int, str], tuple[list[list[float]], str | None]] = {}
-    prefixes = []
+    prefixes: list[dict[str, Any]] = []
     for idx, eid, label, tree in chain:
-        row = {"index": idx, "entry": eid, "label": label, "tree": tree, "metrics": {}}
+        row: dict[str, Any] = {"index": idx, "entry": eid, "label": label, "tree": tree, "metrics": {}}
         for m in wanted:
             boots, gate = _primary_boots(store, tree, m, configs[m]) if store is not None else ([], None)
             prim[(idx, m)] = (boots, gate)
@@ -492,6 +508,7 @@ def build_report(
     if store is not None and base:
         acc_cfg, filters = _accuracy_config(store, base)
         for flt in filters:
+            assert acc_cfg is not None  # filters come from that config's rows
             pts: list[dict[str, Any]] = []
             prev: tuple[str, dict[int, bool]] | None = None
             for idx, eid, label, tree in chain:
@@ -500,7 +517,7 @@ def build_report(
                     continue
                 n = len(items)
                 acc = sum(items.values()) / n
-                pt = {"index": idx, "entry": eid, "label": label, "filter": flt, "n": n, "acc_pct": 100 * acc,
+                pt: dict[str, Any] = {"index": idx, "entry": eid, "label": label, "filter": flt, "n": n, "acc_pct": 100 * acc,
                       "stderr_pct": 100 * math.sqrt(acc * (1 - acc) / n) if n > 1 else 0.0, "paired": None,
                       "describe": f"gsm8k {flt} {100 * acc:.1f} % (n {n})"}
                 if prev is not None:
@@ -518,7 +535,7 @@ def build_report(
 
     # --- entries --------------------------------------------------------------------------------
     entries = []
-    for idx, eid, label, tree in chain[1:]:
+    for idx, _eid, _label, tree in chain[1:]:
         e = series.entries[idx - 1]
         d = drift_by_id.get(e.id)
         metric_rows = []
@@ -529,6 +546,7 @@ def build_report(
             cfg = configs[m]
             own = _gates_of(store, tree, m, cfg) if (store is not None and tree and cfg) else set()
             if e.gate and {"on", "off"} <= own:
+                assert store is not None and tree and cfg  # `own` is empty otherwise
                 before = store.samples(tree, m, cfg, "off")
                 after = store.samples(tree, m, cfg, "on")
                 against = f"{e.id} gate off"
@@ -541,7 +559,7 @@ def build_report(
                         break
             if not after and m not in claimed and m not in metrics:
                 continue
-            row: dict[str, Any] = {"metric": m, "label": metric_label(m), "unit": units[m], "against": against,
+            row = {"metric": m, "label": metric_label(m), "unit": units[m], "against": against,
                                    "comparison": None, "describe": f"{metric_label(m)}: not measured"}
             if after and before:
                 try:
@@ -596,9 +614,14 @@ def build_report(
         notes.append("Accuracy is compared per question against the previous prefix (exact McNemar on the "
                      "discordant answers): every prefix answers the same questions, so this is far more "
                      "sensitive than comparing two means with their ±stderr bars.")
+    if store is not None:  # which engines measured: e.g. vLLM 0.28.0+cpu and 0.29.0+cpu across a nightly
+        engines = store.conn.execute("SELECT vllm_version, torch_version, base, COUNT(*) FROM samples "
+                                     "WHERE vllm_version IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 3, 1").fetchall()
+        if engines:
+            notes.append("Engines measured: " + "; ".join(f"vLLM {v} (torch {t or '?'}) on {b}: {n} samples"
+                                                        for v, t, b, n in engines) + ".")
     notes.append("Latency: the boot (one server start) is the replication unit; n counts boots. "
-                 "Verdicts need p ≤ %g; 'same' needs the whole 95 %% CI within ±%g %%; otherwise 'unknown'."
-                 % (alpha, stats.DEFAULT_SAME_BAND_PCT))
+                 f"Verdicts need p ≤ {alpha:g}; 'same' needs the whole 95 % CI within ±{stats.DEFAULT_SAME_BAND_PCT:g} %; otherwise 'unknown'.")
 
     summary = _summarize(entries, history)
     return Report(series=getattr(series.header, "name", "series"), base=base,
@@ -636,8 +659,10 @@ def _summarize(entries: Iterable[dict], history: Iterable[dict]) -> dict[str, An
         headline = "needs a human"
     elif outcomes.get("failed") or regress:
         headline = "regression"
-    elif outcomes.get("passed"):
-        headline = "ok"
+    elif outcomes.get("passed") and set(outcomes) <= {"passed", "upstream"}:
+        headline = "ok"  # every entry in the stack checked and measured
+    elif outcomes.get("not-checked") or outcomes.get("not-measured"):
+        headline = "not measured"
     else:
         headline = "unknown"
     return {"entries": len(entries), "claims": claims, "drift": drift, "outcomes": outcomes,

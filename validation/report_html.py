@@ -7,10 +7,11 @@ with change points), the per-entry table in commit-message form, and the method 
 from __future__ import annotations
 
 from html import escape
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from . import plots
-from .report_text import comparison_text, counts_text, short_comparison, upstream_text, when
+from .report_text import OUTCOME_ORDER, comparison_text, counts_text, short_comparison, upstream_text, when
 
 CSS = """
 *{box-sizing:border-box}
@@ -25,7 +26,7 @@ main{max-width:1340px;margin:0 auto;padding:18px 28px 40px}
 .regression,.failed,.contradicted,.worse,.conflict,.obsolete,.error{background:#fbe0df;color:#9b1c1a}
 .needs-a-human,.needs-human,.applies-but-no-effect{background:#fde8cf;color:#8a4b08}
 .not-met,.three-way{background:#fff3c4;color:#6b5300}
-.unknown,.not-measured,.not-run,.same,.already-upstream{background:#e8ebf0;color:#475063}
+.unknown,.not-measured,.not-checked,.upstream,.not-run,.same,.already-upstream{background:#e8ebf0;color:#475063}
 .cards{display:grid;grid-template-columns:repeat(4,1fr);gap:14px;margin:4px 0 18px}
 .card{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px rgba(0,0,0,.07)}
 .card h3{margin:0 0 6px;font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#6b7280}
@@ -145,7 +146,7 @@ def render(report: Mapping[str, Any], *, title: str | None = None) -> str:
         hist_txt.append(t)
     hl = s["headline"]
     cards = [
-        ("Entries", str(s["entries"]), counts_text(s["outcomes"], ("passed", "failed", "needs-human", "unknown"))),
+        ("Entries", str(s["entries"]), counts_text(s["outcomes"], OUTCOME_ORDER)),
         ("Claims", str(sum(s["claims"].values())), counts_text(s["claims"], ("met", "not-met", "contradicted", "unknown", "not-measured"))),
         ("Drift", str(sum(v for k, v in s["drift"].items() if k in ("conflict", "obsolete", "applies-but-no-effect", "error"))) + " need a human",
          counts_text(s["drift"], ("clean", "3-way", "already-upstream", "conflict", "obsolete"))),

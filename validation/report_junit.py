@@ -13,7 +13,8 @@ each case's ``<system-out>``.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 
 def _case(parent: ET.Element, classname: str, name: str, *, failure: tuple[str, str, str] | None = None,
@@ -62,8 +63,8 @@ def render(report: Mapping[str, Any], *, suite: str = "vpatch") -> str:
             res = _case(ts, "vpatch.entry", name, failure=("drift", e["outcome_reason"], out), out=out)
         elif e["outcome"] == "failed":
             res = _case(ts, "vpatch.entry", name, failure=("regression", e["outcome_reason"], out), out=out)
-        elif e["outcome"] == "unknown":
-            res = _case(ts, "vpatch.entry", name, skipped=e["outcome_reason"], out=out)
+        elif e["outcome"] != "passed":  # unknown, not checked, not measured, upstream: no evidence, no pass
+            res = _case(ts, "vpatch.entry", name, skipped=f"{e['outcome']}: {e['outcome_reason']}", out=out)
         else:
             res = _case(ts, "vpatch.entry", name, out=out + ("\n" + e["outcome_reason"] if e["outcome_reason"] else ""))
         counts[res] += 1
@@ -101,4 +102,4 @@ def render(report: Mapping[str, Any], *, suite: str = "vpatch") -> str:
 
 def _iso(ts: float) -> str:
     import datetime as dt
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -6,10 +6,11 @@ would pass ``max_bytes`` the folded details are dropped first, then table rows (
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from .report import metric_label
-from .report_text import (CLAIM_MARK, DRIFT_MARK, OUTCOME_MARK, VERDICT_MARK, comparison_text, counts_text,
+from .report_text import (CLAIM_MARK, DRIFT_MARK, OUTCOME_MARK, OUTCOME_ORDER, VERDICT_MARK, comparison_text, counts_text,
                           short_comparison, upstream_text, when)
 
 MAX_BYTES = 512 * 1024  # half of GitHub's 1 MiB step-summary limit: room for other steps' summaries
@@ -54,10 +55,10 @@ def render(report: Mapping[str, Any], *, max_bytes: int = MAX_BYTES, title: str 
 def _head(r: Mapping[str, Any], title: str | None) -> list[str]:
     s = r["summary"]
     hl = {"ok": "✅ ok", "regression": "❌ regression", "needs a human": "🛑 needs a human",
-          "unknown": "❔ unknown"}.get(s["headline"], s["headline"])
+          "unknown": "❔ unknown", "not measured": "➖ not measured"}.get(s["headline"], s["headline"])
     lines = [f"## {title or 'vpatch report'}: {r['series']} on {r['base'] or '?'} — {hl}", ""]
     lines.append(f"- **upstream**: {upstream_text(r.get('upstream'))}")
-    lines.append(f"- **entries**: {s['entries']} ({counts_text(s['outcomes'], ('passed', 'failed', 'needs-human', 'unknown'))})")
+    lines.append(f"- **entries**: {s['entries']} ({counts_text(s['outcomes'], OUTCOME_ORDER)})")
     lines.append(f"- **claims**: {counts_text(s['claims'], ('met', 'not-met', 'contradicted', 'unknown', 'not-measured'))}")
     lines.append(f"- **drift**: {counts_text(s['drift'], ('clean', '3-way', 'already-upstream', 'conflict', 'obsolete'))}")
     for reg in s.get("history_regressions", []):

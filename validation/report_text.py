@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from . import stats
 
 VERDICT_MARK = {"better": "🟢", "worse": "🔴", "same": "⚪", "unknown": "❔"}
 CLAIM_MARK = {"met": "✅", "not-met": "⚠️", "contradicted": "❌", "unknown": "❔", "not-measured": "➖"}
 DRIFT_MARK = {"clean": "✅", "3-way": "🟡", "already-upstream": "⤴️", "conflict": "❌", "obsolete": "❌",
-              "applies-but-no-effect": "⚠️", "error": "❌", "unknown": "➖"}
-OUTCOME_MARK = {"passed": "✅", "failed": "❌", "needs-human": "🛑", "unknown": "❔"}
+              "applies-but-no-effect": "⚠️", "error": "❌", "unknown": "➖", "resolved": "🟡"}
+OUTCOME_MARK = {"passed": "✅", "failed": "❌", "needs-human": "🛑", "unknown": "❔", "not-checked": "➖",
+                "not-measured": "➖", "upstream": "⤴️"}
+OUTCOME_ORDER = ("passed", "failed", "needs-human", "not-checked", "not-measured", "upstream", "unknown")
 
 
 def comparison_text(cmp: Mapping[str, Any] | None, *, with_metric: bool = False) -> str:
@@ -41,7 +44,7 @@ def short_comparison(cmp: Mapping[str, Any] | None) -> str:
 
 def upstream_text(up: Mapping[str, Any] | None) -> str:
     if not up:
-        return "upstream range: not given"
+        return "range not given"
     s = f"{up.get('from') or '?'} → {up.get('to') or '?'}"
     if up.get("to_commit"):
         s += f" ({str(up['to_commit'])[:10]})"
@@ -51,7 +54,7 @@ def upstream_text(up: Mapping[str, Any] | None) -> str:
 
 
 def when(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def counts_text(d: Mapping[str, int], order: tuple[str, ...] = ()) -> str:

@@ -18,23 +18,159 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vpatch.validation.bisect import (
-    Bisector,
-    Budget,
-    ProbeFailed,
-    SearchOutcome,
-    binary_search,
-    fixed_median_bisect,
-    pinpoint_bisect,
-    run_bisect,
-)
+from vpatch.validation.bisect import Bisector, Budget, Oracle, ProbeFailed, run_bisect
 
-__all__ = ["NoiseModel", "SimOracle", "ExactOracle", "TrialResult", "Strategy", "STRATEGIES", "vpatch_strategy", "run_trial",
+__all__ = ["SearchOutcome", "binary_search", "fixed_median_bisect", "pinpoint_bisect", "NoiseModel", "SimOracle", "TraceOracle", "ExactOracle", "TrialResult", "Strategy", "STRATEGIES", "vpatch_strategy", "run_trial",
            "run_trials", "Summary", "summarize"]
+
+
+# ------------------------------------------------------------------------- baselines (git bisect, fork, Pinpoint)
+
+
+@dataclass
+class SearchOutcome:
+    culprit: int | None
+    probes: list[tuple[int, int]] = field(default_factory=list)  # (position, n_runs) per batch
+
+    @property
+    def runs(self) -> int:
+        return sum(n for _, n in self.probes)
+
+
+def _middle(lo: int, hi: int, skipped: set[int]) -> int | None:
+    """Like ``git bisect skip``: the unskipped position strictly between lo and hi nearest the middle
+    (None when none is left: the search stops with culprit = hi)."""
+    order = sorted((m for m in range(lo + 1, hi) if m not in skipped), key=lambda m: abs(2 * m - lo - hi))
+    return order[0] if order else None
+
+
+def _threshold_bisect(oracle: Oracle, n_positions: int, runs: int) -> SearchOutcome:
+    N = n_positions - 1
+    out = SearchOutcome(None)
+
+    def med(k: int) -> float:
+        out.probes.append((k, runs))
+        return float(np.median(oracle.measure(k, runs)))
+
+    good, bad = med(0), med(N)
+    cut = (good + bad) / 2
+    slower = bad > good
+    lo, hi = 0, N
+    skipped: set[int] = set()
+    while hi - lo > 1:
+        mid = _middle(lo, hi, skipped)
+        if mid is None:
+            break
+        try:
+            v = med(mid)
+        except ProbeFailed:
+            out.probes.pop()
+            skipped.add(mid)
+            continue
+        is_bad = (v > cut) == slower
+        if is_bad:
+            hi = mid
+        else:
+            lo = mid
+    out.culprit = hi
+    return out
+
+
+def binary_search(oracle: Oracle, n_positions: int) -> SearchOutcome:
+    """Naive ``git bisect run``: one run per step, bad if past the halfway point between the references."""
+    return _threshold_bisect(oracle, n_positions, 1)
+
+
+def fixed_median_bisect(oracle: Oracle, n_positions: int, runs: int = 3) -> SearchOutcome:
+    """The fork's practice: the same binary search on 3-run medians."""
+    return _threshold_bisect(oracle, n_positions, runs)
+
+
+def _mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value, normal approximation with tie and continuity corrections
+    (what scipy's ``mannwhitneyu`` does for samples larger than 8; cheap enough for simulations)."""
+    from scipy.stats import rankdata
+    from scipy.special import ndtr
+
+    n1, n2 = len(x), len(y)
+    allv = np.concatenate([np.asarray(x, float), np.asarray(y, float)])
+    r = rankdata(allv)
+    u = r[:n1].sum() - n1 * (n1 + 1) / 2
+    mu = n1 * n2 / 2
+    _, t = np.unique(allv, return_counts=True)
+    n = n1 + n2
+    var = n1 * n2 / 12 * ((n + 1) - (t**3 - t).sum() / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    z = (abs(u - mu) - 0.5) / math.sqrt(var)
+    return float(min(1.0, 2 * ndtr(-max(z, 0.0))))
+
+
+def pinpoint_bisect(
+    oracle: Oracle,
+    n_positions: int,
+    *,
+    attempts: int = 10,
+    max_attempts: int = 60,
+    alpha: float = 0.01,
+    runs_per_boot: int = 1,
+) -> SearchOutcome:
+    """Pinpoint-like: every attempt is its own boot; compare a midpoint with 10 attempts against both
+    references by a Mann-Whitney test, add 10 attempts (to the midpoint and, interleaved, to the references
+    when they have fewer) until one side differs at ``alpha`` or ``max_attempts`` is reached (then the closer
+    median decides)."""
+    N = n_positions - 1
+    out = SearchOutcome(None)
+    samples: dict[int, list[float]] = {}
+
+    def add(k: int, n_attempts: int) -> None:
+        for _ in range(n_attempts):
+            out.probes.append((k, runs_per_boot))
+            samples.setdefault(k, []).append(float(np.median(oracle.measure(k, runs_per_boot))))
+
+    def grow(ks: Sequence[int], n_attempts: int) -> None:
+        # interleave the boots of the positions being compared (A B A B, not A A B B)
+        for _ in range(n_attempts):
+            for k in ks:
+                add(k, 1)
+
+    grow([0, N], attempts)
+    lo, hi = 0, N
+    skipped: set[int] = set()
+    while hi - lo > 1:
+        mid = _middle(lo, hi, skipped)
+        if mid is None:
+            break
+        try:
+            grow([mid], attempts)
+        except ProbeFailed:
+            skipped.add(mid)
+            continue
+        while True:
+            p_good = _mann_whitney_p(samples[mid], samples[0])
+            p_bad = _mann_whitney_p(samples[mid], samples[N])
+            if p_good < alpha and p_good <= p_bad:
+                hi = mid
+                break
+            if p_bad < alpha:
+                lo = mid
+                break
+            if len(samples[mid]) >= max_attempts:
+                m = float(np.median(samples[mid]))
+                g, b = float(np.median(samples[0])), float(np.median(samples[N]))
+                if abs(m - b) < abs(m - g):
+                    hi = mid
+                else:
+                    lo = mid
+                break
+            refs = [k for k in (0, N) if len(samples[k]) <= len(samples[mid])]
+            grow([mid] + refs, attempts)
+    out.culprit = hi
+    return out
 
 
 @dataclass(frozen=True)
@@ -94,17 +230,44 @@ class SimOracle:
         if position in self.fail:
             raise ProbeFailed(f"position {position}: patch does not apply")
         self.built.add(self.compile_class[position])
-        m = self.model
-        self.walk += self.rng.normal(0, m.walk_sd_pct / 100) if self.batches else 0.0
+        noise = self._log_noise(n_runs)
         self.batches += 1
         self.runs += n_runs
+        return list(self.true_value(position) * np.exp(noise))
+
+    def _log_noise(self, n_runs: int) -> np.ndarray:
+        """One batch's multiplicative noise, as logs: drift walk + boot offset + per-run terms."""
+        m = self.model
+        self.walk += self.rng.normal(0, m.walk_sd_pct / 100) if self.batches else 0.0
         boot = self.rng.normal(0, m.boot_sd_pct / 100)
         run = self.rng.normal(0, m.run_sd_pct / 100, size=n_runs)
-        return list(self.true_value(position) * np.exp(self.walk + boot + run))
+        return self.walk + boot + run
 
     @property
     def builds(self) -> int:
         return len(self.built)
+
+
+class TraceOracle(SimOracle):
+    """Noise replayed from a recorded trace instead of drawn from the model: noise the method does not assume.
+
+    ``trace`` holds one measured value per process, in the order they ran (e.g. the test workload run 600
+    times on a shared VM: bimodal, a process lands fast or ~35 % slow, and slow ones cluster in time).  Each
+    run consumes the next value from a random start, as its log-residual from the trace's median, times the
+    hidden step; the model's run/boot/walk terms are not used.  Builds and failures as in :class:`SimOracle`.
+    """
+
+    def __init__(self, model: NoiseModel, rng: np.random.Generator, trace: Sequence[float],
+                 culprit: int | None | str = "random") -> None:
+        super().__init__(model, rng, culprit)
+        z = np.log(np.asarray(trace, dtype=float))
+        self._resid = z - float(np.median(z))
+        self._at = int(rng.integers(len(self._resid)))
+
+    def _log_noise(self, n_runs: int) -> np.ndarray:
+        idx = (self._at + np.arange(n_runs)) % len(self._resid)
+        self._at += n_runs
+        return self._resid[idx]
 
 
 class ExactOracle:
@@ -150,7 +313,7 @@ STRATEGIES: dict[str, Strategy] = {
 
 @dataclass(frozen=True)
 class TrialResult:
-    culprit: int
+    culprit: int | None
     named: int | None
     builds: int
     runs: int

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+from scipy import special as _sp
 from scipy import stats as _st
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "verdict_for",
     "Paired",
     "mcnemar_exact",
+    "newcombe_paired_ci",
     "ClaimCheck",
     "check_claim",
     "DEFAULT_SAME_BAND_PCT",
@@ -278,6 +280,7 @@ class Comparison:
     confidence: float = 0.95
     same_band_pct: float = DEFAULT_SAME_BAND_PCT
     paired: bool = False
+    note: str = ""  # why the sampler stopped short, outlier pairs re-measured, …
 
     @property
     def significant(self) -> bool:
@@ -314,6 +317,7 @@ class Comparison:
             f"({_signed(self.change_pct, pd)} %, {conf} % CI "
             f"{_fmt_pct_bound(self.ci_low_pct, pd)}…{_fmt_pct_bound(self.ci_high_pct, pd)} %, "
             f"p {_fmt_p(self.p_value)}, n {self.n_a}+{self.n_b}): {self.verdict}"
+            + (f" ({self.note})" if self.note else "")
         )
 
 
@@ -431,9 +435,11 @@ def boot_medians(boots: Sequence[Sequence[float]], name: str = "boots") -> np.nd
     """Reduce each boot (a list of runs from one server start) to its median."""
     if isinstance(boots, (str, bytes)) or len(boots) == 0:
         raise ValueError(f"{name}: no boots (need at least one list of run samples)")
-    return np.array(
-        [float(np.median(_as_array(bt, f"{name}[{i}]", positive=True))) for i, bt in enumerate(boots)]
-    )
+    out = np.empty(len(boots))
+    for i, bt in enumerate(boots):
+        x = _as_array(bt, f"{name}[{i}]", positive=True)
+        out[i] = x[0] if x.size == 1 else float(np.median(x))
+    return out
 
 
 def _paired_t_log(
@@ -450,8 +456,8 @@ def _paired_t_log(
     else:
         se = sd / math.sqrt(n)
         tstat = mean / se
-        p = float(2.0 * _st.t.sf(abs(tstat), n - 1))
-        h = float(_st.t.ppf(0.5 + confidence / 2.0, n - 1)) * se
+        p = float(2.0 * _sp.stdtr(n - 1, -abs(tstat)))  # = 2·t.sf, without scipy.stats' overhead
+        h = float(_sp.stdtrit(n - 1, 0.5 + confidence / 2.0)) * se
         lo, hi = mean - h, mean + h
     pct = lambda v: 100.0 * math.expm1(v)  # noqa: E731
     return p, pct(mean), pct(lo), pct(hi)
@@ -514,8 +520,8 @@ def compare_boots(
         )
     if not paired:
         cmp = compare(
-            ma,
-            mb,
+            ma.tolist(),
+            mb.tolist(),
             lower_is_better=lower_is_better,
             alpha=alpha,
             same_band_pct=same_band_pct,
@@ -610,6 +616,45 @@ def _as_bools(x: Sequence[Any], name: str) -> np.ndarray:
     return out
 
 
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    p = k / n
+    den = 1.0 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def newcombe_paired_ci(
+    both: int, only_a: int, only_b: int, neither: int, *, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval (percentage points) of acc_b − acc_a for paired answers, Newcombe's method 10.
+
+    ``both``/``neither``: questions both prefixes answered right/wrong; ``only_a``/``only_b``: the
+    discordant ones. Score-based, so it keeps a width at 0 discordant and stays inside ±100.
+    """
+    _check_confidence(confidence)
+    counts = (both, only_a, only_b, neither)
+    if any(c < 0 for c in counts) or sum(counts) == 0:
+        raise ValueError(f"paired counts must be ≥ 0 and not all zero, got {counts}")
+    n = sum(counts)
+    z = float(_st.norm.ppf(0.5 + confidence / 2.0))
+    pa, pb = (both + only_a) / n, (both + only_b) / n
+    la, ua = _wilson(both + only_a, n, z)
+    lb, ub = _wilson(both + only_b, n, z)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    if margins == 0:
+        phi = 0.0
+    else:
+        num: float = both * neither - only_a * only_b
+        if num > 0:
+            num = max(num - n / 2.0, 0.0)
+        phi = num / math.sqrt(margins)
+    d = pb - pa
+    lo = d - math.sqrt(max(0.0, (pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
+    hi = d + math.sqrt(max(0.0, (ub - pb) ** 2 - 2 * phi * (ub - pb) * (pa - la) + (pa - la) ** 2))
+    return 100.0 * max(-1.0, lo), 100.0 * min(1.0, hi)
+
+
 def mcnemar_exact(
     a_correct: Sequence[bool],
     b_correct: Sequence[bool],
@@ -635,9 +680,14 @@ def mcnemar_exact(
     the paired difference has stderr ≈ sqrt(only_a + only_b) / n — about 0.55 points with 30
     discordant answers out of 1000 — three times tighter.
 
-    Effect: ``change_pts = 100·(only_b − only_a)/n`` with a Wald CI using the paired variance
-    ``(only_a + only_b − (only_b − only_a)²/n) / n²``. Verdict: better/worse when p ≤ alpha;
-    "same" when the CI lies within ±``same_band_pts`` points; otherwise "unknown".
+    Effect: ``change_pts = 100·(only_b − only_a)/n`` with Newcombe's hybrid score interval for a
+    difference of paired proportions (Newcombe 1998, method 10: Wilson score intervals of both
+    accuracies combined with the correlation of the paired answers). Unlike a Wald interval it
+    does not collapse when no answer differs: 5 questions with 0 discordant give about ±43 points
+    (nothing is known), 1000 questions with 0 discordant about ±0.3 points; 5 of 5 discordant
+    give −100…−39, not −100…−100. Verdict: better/worse when p ≤ alpha; "same" only when that
+    interval lies within ±``same_band_pts`` points (enough questions to exclude the band's edge);
+    otherwise "unknown".
     """
     _check_alpha(alpha)
     _check_confidence(confidence)
@@ -655,11 +705,9 @@ def mcnemar_exact(
     only_b = int(np.sum(cb & ~ca))
     disc = only_a + only_b
     p = 1.0 if disc == 0 else float(_st.binomtest(only_b, disc, 0.5).pvalue)
-    diff = (only_b - only_a) / n
-    var = max(0.0, (disc - (only_b - only_a) ** 2 / n)) / n**2
-    z = float(_st.norm.ppf(0.5 + confidence / 2.0))
-    lo, hi = 100.0 * (diff - z * math.sqrt(var)), 100.0 * (diff + z * math.sqrt(var))
-    change = 100.0 * diff
+    both = int(np.sum(ca & cb))
+    lo, hi = newcombe_paired_ci(both, only_a, only_b, n - both - disc, confidence=confidence)
+    change = 100.0 * (only_b - only_a) / n
     verdict = verdict_for(
         p, change, lo, hi, alpha=alpha, same_band_pct=same_band_pts, lower_is_better=False
     )
@@ -676,7 +724,7 @@ def mcnemar_exact(
         ci_low_pts=lo,
         ci_high_pts=hi,
         p_value=p,
-        test="exact McNemar (binomial on discordant pairs)",
+        test="exact McNemar (binomial on discordant pairs), Newcombe score interval",
         verdict=verdict,
         alpha=alpha,
         confidence=confidence,
