@@ -85,7 +85,7 @@ def main() -> None:
                 if side == "vpatch":
                     sh("git", "-C", str(ws), "checkout", "-q", "-b", "vpatch/v0.28.0")
                     t0 = time.perf_counter()
-                    sh(sys.executable, "-m", "vpatch.manager.main", "-q", "--workspace", str(ws), "apply", cwd=fork,
+                    sh(sys.executable, "-m", "vpatch.manager.cli.main", "-q", "--workspace", str(ws), "apply", cwd=fork,
                        env={"VPATCH_CACHE": os.environ.get("VPATCH_CACHE", "")} if os.environ.get("VPATCH_CACHE") else None)
                     vp_times.append(time.perf_counter() - t0)
                 else:

@@ -6,7 +6,8 @@ pure functions of those documents (:func:`decide_compare`), tested without any o
 
 Exit codes CI can branch on:
   0  clean: the series moved (or stayed), built, validated, no regression beyond the threshold
-  10 drift needs a human: an entry conflicts or applies without effect (the drift report says which)
+  10 drift needs a human: an entry conflicts (and no recorded resolution covers it), is obsolete or applies
+     without effect (the drift report says which)
   20 regression found: the culprit (upstream commit or entry) is named in the report
   30 infrastructure failure: a stage failed for a reason other than the above (build, runner, ...)
 """
@@ -17,7 +18,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from vpatch.manager import atomic
@@ -45,11 +48,11 @@ class Nightly:
     workspace: Path | None = None
     env: dict | None = None
     stages: list[Stage] = field(default_factory=list)
-    progress: object = None
+    progress: Callable[[str], None] | None = None
 
     def vp(self, *args: str, timeout: float = 6 * 3600) -> Stage:
         name = args[0] if args[0] != "bisect" or len(args) < 2 or args[1].startswith("-") else f"bisect {args[1]}"
-        argv = [sys.executable, "-m", "vpatch.manager.main", "--json", "-q", "--series", str(self.series)]
+        argv = [sys.executable, "-m", "vpatch.manager.cli.main", "--json", "-q", "--series", str(self.series)]
         if self.workspace:
             argv += ["--workspace", str(self.workspace)]
         argv += list(args)
@@ -90,8 +93,41 @@ def decide_compare(cmp: dict | None, threshold_pct: float) -> str:
     return "ok"
 
 
+def names_regression(result: dict | None, lower_is_better: bool = True) -> bool:
+    """A bisect result that names the night's regression: found, at or above the threshold, and shifting the
+    metric the worse way (pure). A noisy search can 'find' an improvement; that culprit is not the one
+    hunted, so the search goes on inside the series."""
+    if not result or result.get("status") != "found" or result.get("below_threshold"):
+        return False
+    shift = float(result.get("shift_pct") or 0.0)
+    return shift > 0 if lower_is_better else shift < 0
+
+
+def only_conflicts(check: dict) -> bool:
+    """True when what needs a human in a check result is only text conflicts (which a recorded resolution may
+    cover), not an obsolete entry, a missing effect or broken Python (pure)."""
+    entries = check.get("entries") or []
+    bad = [e for e in entries if e.get("status") not in ("clean", "3-way", "already-upstream")
+           or e.get("effect") == "missing" or e.get("pycheck")]
+    return bool(bad) and all(e.get("status") == "conflict" and e.get("effect") != "missing" and not e.get("pycheck")
+                             for e in bad)
+
+
+def mark_replayed(check: dict, replayed: list[str]) -> None:
+    """The check said conflict; the rebase resolved them from recorded resolutions: say so in the drift data."""
+    for e in check.get("entries") or []:
+        if e.get("id") in replayed and e.get("status") == "conflict":
+            e["status"] = "resolved"
+            e["detail"] = "conflict resolved by a recorded resolution (patches/.resolutions/); " + (e.get("detail") or "")
+    if replayed:
+        check["resolutions_replayed"] = list(replayed)
+
+
+ITEMWISE = ("outputs", "gsm8k")  # compared per prefix by validate, not top against last good here
+
+
 def compare_tops(root: Path, series_path: Path, state_dir: Path, workspace: Path | None, metric: str,
-                 last: dict, new: dict, base: str) -> dict | None:
+                 last: dict, new: dict, base: str, target: str | None = None) -> dict | None:
     """New top of the stack vs the last good one: boots interleaved in this period (the last good commit
     is checked out again in the prefix worktree), reusing every boot already in the store. When the
     last good commit is gone (an ephemeral runner), the stored boots alone decide."""
@@ -107,13 +143,20 @@ def compare_tops(root: Path, series_path: Path, state_dir: Path, workspace: Path
     ctx = Context(series_path=series_path, workspace_path=workspace)
     series = load_checked(series_path)
     vcfg, mcfg = load_configs(ctx.config_path)
-    m = make_measurer(metric, vcfg, mcfg, series=series)
     ws = Workspace(ctx.workspace)
+    mat, engine = (lambda p: materialize(ws, p)), None
+    if target == "cpu":  # each top in its cpu build: vLLM's CPU wheel of its own release + its python tree
+        from vpatch.validation.cpu_target import prepare
+
+        cpu = prepare(ctx, ws, vcfg)
+        vcfg, mat, engine = cpu.cfg, cpu.materialize, cpu.engine
+    m = make_measurer(metric, vcfg, mcfg, series=series)
     old = Prefix(0, "last good nightly", last["top_commit"], last["top_tree"])
     top = Prefix(1, "top", new["top_commit"], new["top_tree"])
     with open_store(state_dir / "results.sqlite") as store:
         if ws.exists() and ws.git.rev(old.commit):
-            v = Validator(store, base, series, lambda p: materialize(ws, p), max_boots=vcfg.boots_max)
+            v = Validator(store, base, series, mat, min_boots=vcfg.boots_min, max_boots=vcfg.boots_max, engine=engine,
+                          base_of={old.commit: last.get("base") or base})  # its samples say the release it sat on
             cmp, _ = v.compare_samples(m, old, top)
             return cmp.as_dict()
         chash = config_hash(m.config_content())
@@ -125,7 +168,8 @@ def compare_tops(root: Path, series_path: Path, state_dir: Path, workspace: Path
 
 def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None, shard: str | None,
         metrics: list[str], threshold_pct: float, report_dir: Path, build_target: str | None,
-        workspace: Path | None = None, progress=None, bisect_budget: int = 120) -> tuple[int, dict]:
+        workspace: Path | None = None, progress=None, bisect_budget: int = 120,
+        checks: bool = True) -> tuple[int, dict]:
     from vpatch.manager.series import load_series
     from vpatch.manager.sources import newest_release, resolve_source
 
@@ -138,7 +182,6 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
     src = resolve_source(series.source, root)
     onto = upstream or (newest_release(getattr(src, "package", "vllm")) if src.kind == "pypi" else series.base)
     out["upstream"] = onto
-    code = CLEAN
 
     def done(code: int, status: str) -> tuple[int, dict]:
         out["status"] = status
@@ -166,12 +209,15 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
     report_dir.mkdir(parents=True, exist_ok=True)
     # 1. where does the series stand on the new upstream?
     if onto != series.base:
-        chk = n.vp("check", "--onto", onto)
+        # --checks: an entry that still applies but whose effect check fails upstream is drift, not "clean"
+        chk = n.vp("check", "--onto", onto, *(["--checks"] if checks else []))
         out["check"] = chk.data
-        if chk.rc == 1:
+        if chk.rc == 1 and not only_conflicts(chk.data):
             return done(DRIFT, "drift")
         if chk.rc not in (0, 1):
             return done(INFRA, "infrastructure")
+        # conflicts alone may be covered by resolutions recorded in patches/.resolutions/: the rebase replays
+        # them and stops only where none applies (then it is drift for a human)
         rb = n.vp("rebase", "--onto", onto)
         out["rebase"] = rb.data
         if rb.rc == 2:
@@ -179,6 +225,7 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
             return done(DRIFT, "drift")
         if rb.rc != 0:
             return done(INFRA, "infrastructure")
+        mark_replayed(out["check"], (rb.data.get("rebase") or {}).get("resolutions_replayed") or [])
     else:
         ap = n.vp("apply")
         if ap.rc == 2:
@@ -196,8 +243,11 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
         if b.rc != 0:
             return done(INFRA, "infrastructure")
     # 3. validate what has no results yet (the store makes everything else free)
-    for m in metrics:
+    # (the cpu target measures all metrics in one validate: a boot costs minutes and serves them all)
+    for m in ([",".join(metrics)] if build_target == "cpu" else metrics):
         args = ["validate", "--metric", m, "--store", str(store)]
+        if build_target == "cpu":
+            args += ["--target", "cpu"]
         if shard:
             args += ["--shard", shard]
         v = n.vp(*args)
@@ -211,8 +261,11 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
     out["last_good"] = lg
     regression = None
     for m in metrics:
+        if m in ITEMWISE:
+            continue
         if lg and lg.get("top_tree") and lg["top_tree"] != out["top_tree"]:
-            cmp = compare_tops(root, series_path, state_dir, workspace, m, lg, out, out["base"])
+            cmp = compare_tops(root, series_path, state_dir, workspace, m, lg, out, out["base"],
+                               target="cpu" if build_target == "cpu" else None)
             out.setdefault("compare", {})[m] = cmp
             if decide_compare(cmp, threshold_pct) == "regression":
                 regression = m
@@ -220,15 +273,19 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
     if regression is None:
         return done(CLEAN, "clean")
     # 5. bisect: upstream first (series applied on each upstream commit), then inside the series
-    culprits = {}
+    assert lg is not None  # a regression is only ever found against a last good nightly
+    culprits: dict[str, Any] = {}
+    # the bisect hunts what the night flagged: shifts of at least the night's threshold
+    more = ["--threshold", str(threshold_pct), *(["--target", "cpu"] if build_target == "cpu" else [])]
     if lg["base"] != out["base"]:
         n.vp("bisect", "reset")
         ub = n.vp("bisect", "--upstream", "--good", lg["base"], "--bad", out["base"], "--metric", regression,
-                  "--store", str(store), "--budget", str(bisect_budget))
+                  "--store", str(store), "--budget", str(bisect_budget), *more)
         culprits["upstream"] = ub.data.get("result")
-    if not culprits.get("upstream") or culprits["upstream"].get("status") != "found":
+    lower = bool((out.get("compare") or {}).get(regression, {}).get("lower_is_better", True))
+    if not names_regression(culprits.get("upstream"), lower):
         n.vp("bisect", "reset")
-        sb = n.vp("bisect", "--metric", regression, "--store", str(store), "--budget", str(bisect_budget))
+        sb = n.vp("bisect", "--metric", regression, "--store", str(store), "--budget", str(bisect_budget), *more)
         culprits["series"] = sb.data.get("result")
     out["bisect"] = culprits
     out["regression"] = regression
