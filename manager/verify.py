@@ -308,14 +308,20 @@ def _verify(ctx: Context, series: Series, ids: tuple[str, ...] = (), *, python: 
 
 
 def workspace_runtime(ctx: Context) -> dict | None:
-    """The python to run effect checks with when none is given: the workspace's python-only runtime
-    (:mod:`runtime_env`, the one ``vpatch verify`` uses; made once if missing). None without a vLLM workspace.
-    ``{"python", "describe"}``."""
+    """The python to run effect checks with when none is given, as ``vpatch verify`` picks it: the ``cpu``
+    build of the workspace's HEAD tree where one exists (vLLM's CPU engine; no second venv), else the
+    workspace's python-only runtime (:mod:`runtime_env`; made once if missing). None without a vLLM
+    workspace. ``{"python", "describe"}``."""
     from . import runtime_env
 
     ws = ctx.workspace
     if not (Path(ws) / "vllm").is_dir() or not (Path(ws) / "setup.py").is_file():
         return None
+    cpu = _cpu_build(ctx, ws)
+    if cpu:
+        version = (cpu.get("fingerprint") or {}).get("vllm") or "vLLM"
+        return {"python": str(cpu["python"]),
+                "describe": f"the workspace's cpu build ({version}, tree {str(cpu.get('tree', '?'))[:12]})"}
     vdir = runtime_env.default_venv_dir(ctx.state_dir, ws)
     py = runtime_env.ensure_runtime(ws, vdir)
     return {"python": str(py), "describe": f"the workspace's python-only runtime {vdir}"}

@@ -53,9 +53,10 @@ def render(d: dict) -> None:
 @click.option("--source", help="Where REF comes from [default: the series' source].")
 @click.option("--base", metavar="REF", help="The ref the series was made on [default: the series' base].")
 @click.option("--checks/--no-checks", default=False, show_default=True,
-              help="Also run the entries' effect checks on the moved series, in the workspace's runtime "
-                   "(made once if missing, about a minute), with the moved tree first on PYTHONPATH; entries "
-                   "found upstream are checked too.")
+              help="Also run the entries' effect checks on the moved series, in the workspace's runtime (its "
+                   "cpu build where `vpatch build --target cpu` made one, else a python-only install made once, "
+                   "~2 min the first time), with the moved tree first on PYTHONPATH; entries found upstream "
+                   "are checked too.")
 @click.option("--python", "python", metavar="PATH",
               help="With --checks: run the checks with this python (an environment with vLLM's dependencies) "
                    "instead of the workspace's runtime; the moved tree goes first on its PYTHONPATH.")

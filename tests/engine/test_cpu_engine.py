@@ -65,6 +65,31 @@ def test_build_cpu_of_the_shipped_series(shipped28, part1_cache):
     assert earlier.json["record"]["phases"]["engine"] < 5
 
 
+def test_check_checks_run_in_the_cpu_build_where_present(part1_cache, release_repo, tmp_path):  # noqa: F811
+    """`check --onto v0.31.0 --checks` (no --python) runs the effect checks in the workspace's cpu build when
+    `build --target cpu` made one (vLLM's CPU engine, no second venv), and still finds the MRoPE entry dead."""
+    env = {"VPATCH_CACHE": str(part1_cache.parent)}
+    root = tmp_path / "fork"
+    for d in ("patches", "overlay"):
+        shutil.copytree(REPO_ROOT / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    series = root / "patches" / "series.toml"
+    head, *blocks = series.read_text().split("[[entry]]")
+    series.write_text(head + "".join("[[entry]]" + b for b in blocks[:3]))  # router fix, MRoPE, stream gate
+    r = run_vpatch(root, "--json", "apply", "--base", "v0.28.0", "--source", "pypi", env=env)
+    assert r.rc == 0, r.err + r.out
+    b = run_vpatch(root, "--json", "build", "--target", "cpu", env=env, timeout=3000)
+    assert b.rc == 0, b.err[-3000:]
+    r = run_vpatch(root, "--json", "check", "--onto", "v0.31.0", "--checks", env=env, timeout=1800)
+    assert r.rc == 1, r.out[-3000:] + r.err[-3000:]
+    assert "cpu build (0.28.0+cpu" in r.json["effect_checks"], r.json["effect_checks"]
+    e = {x["id"]: x for x in r.json["entries"]}
+    assert e["mrope-cos-sin-cache"]["status"] == "applies-but-no-effect", e["mrope-cos-sin-cache"]
+    assert e["mrope-cos-sin-cache"]["checks"][0]["result"] == "fail"
+    # on its own base the same check passes in the same runtime: the failure is v0.31.0's, not the runtime's
+    v = run_vpatch(root, "--json", "verify", "mrope-cos-sin-cache", env=env, timeout=1800)
+    assert v.rc == 0 and v.json["runtime"]["kind"] == "cpu", v.out[-3000:] + v.err[-3000:]
+
+
 def _entry(root: Path, ws: Path, eid: str, edit) -> None:
     """Commit ``edit(ws)`` in the workspace as a new entry ``eid`` and write it back into patches/."""
     edit(ws)
