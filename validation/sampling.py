@@ -417,6 +417,11 @@ class AdaptiveComparison:
         if self._outliers:
             notes.append(f"{len(self._outliers)} outlier pair{'s' if len(self._outliers) > 1 else ''} "
                          f"set aside and re-measured")
+        if verdict == "unknown" and (raw.ci_low_pct > 0.0 or raw.ci_high_pct < 0.0):
+            # the interval (for "same", at 1 - confidence over all looks) is not the test's level (alpha over
+            # all looks): say why an interval that excludes 0 is still no verdict
+            notes.append(f"the interval excludes 0 but p {p_adj:.2g} > alpha {self.alpha:g}: the interval covers "
+                         f"{100 * self.confidence:g} % over all looks, a verdict needs {100 * (1 - self.alpha):g} %")
         stop = verdict != "unknown" or k >= self.max_boots
         if not stop:
             need = self._needed_pairs(self._pair_logratios()[kept])

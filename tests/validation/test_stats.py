@@ -373,6 +373,18 @@ def test_sampler_says_unknown_when_budget_spent() -> None:
     assert len(ac.history) == 3  # looks at 2, 3 and 4 pairs
 
 
+def test_sampler_explains_an_interval_that_excludes_zero_without_a_verdict() -> None:
+    # one look at 3 pairs, B 10-20 % above A: the 95 % interval excludes 0 (t-test p ~0.03), but a verdict
+    # needs the test's level (alpha 0.01 over all looks): "unknown", and the line says why
+    ratios = iter([1.10, 1.20, 1.15])
+    ac = AdaptiveComparison(min_boots=3, max_boots=3, order="abab")
+    drive(ac, lambda s: [15.0] if s == "a" else [15.0 * next(ratios)])
+    d = ac.decision()
+    assert d is not None and d.verdict == "unknown" and d.ci_low_pct > 0 and d.p_value > 0.01
+    assert "the interval excludes 0 but p" in d.note and "a verdict needs 99 %" in d.note, d.note
+    assert d.note in d.describe()
+
+
 def test_sampler_json_round_trip_mid_way_and_done() -> None:
     rng = np.random.default_rng(5)
     gen = lambda s: list(15.2 * (1.01 if s == "b" else 1) * (1 + rng.normal(0, 0.003)) * (1 + rng.normal(0, 0.0015, 4)))  # noqa: E731
