@@ -68,8 +68,13 @@ class SeriesOracle:
         content = self.measurer.config_content()
         from vpatch.manager.git import run_git
 
-        tree_hash = run_git("rev-parse", "HEAD^{tree}", cwd=tree, check=False).out or p.tree
         eng = self.engine(p) if self.engine else {}
+        # the tree measured: the materialized checkout's; a cpu build is no checkout, so then the prefix's own
+        # tree, or for an upstream position (the series applied on an upstream commit) the engine's record of it
+        # (never ask git from inside a build folder: in a fork that is a git repository it would answer the fork's)
+        top = Path(tree) / ".git"
+        tree_hash = (run_git("rev-parse", "HEAD^{tree}", cwd=tree, check=False).out if top.exists() else "") \
+            or p.tree or eng.get("tree", "")
         ctx = RunContext(tree=tree_hash, base=self.base_of(p) if self.base_of else self.base,
                          config_hash=config_hash(content), config_content=content,
                          entry_id=p.entry_id, prefix_index=p.position, gate=self.gate, label=p.label,

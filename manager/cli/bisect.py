@@ -86,11 +86,14 @@ def _cpu_materialize(ctx, ws, vcfg, upstream_mat=None):
 
     def mat(p: Prefix):
         up = Workspace(upstream_mat(p))
-        records[p.commit] = ensure_cpu_runtime(ctx, up, up.git.run("rev-parse", "HEAD").out, None)
+        head = up.git.run("rev-parse", "HEAD").out
+        # the measured path is the cpu build, not a git tree: keep the tree of the series on this commit
+        records[p.commit] = {**ensure_cpu_runtime(ctx, up, head, None), "tree": up.git.tree_of(head)}
         return records[p.commit]["venv"]
 
     def engine(p: Prefix) -> dict:
-        return engine_info(records[p.commit]) if p.commit in records else {}
+        rec = records.get(p.commit)
+        return {**engine_info(rec), "tree": rec["tree"]} if rec else {}
 
     return cpu.cfg, mat, engine
 
