@@ -54,7 +54,7 @@ def start_rebase(ctx, series: Series, onto: str, *, source: str | None = None, r
     for eid, e in found.items():
         output.say(f"[cyan]–[/] {eid}: already upstream in {onto} ({e['how']}): dropped from the stack")
     moved = dataclasses.replace(series, entries=tuple(
-        e.model_copy(update={"upstream": Upstream(state="merged", version=onto)}) if e.id in found else e
+        dataclasses.replace(e, upstream=Upstream(state="merged", version=onto)) if e.id in found else e
         for e in series.entries))
     report = Path(report) if report else ctx.state_dir / "reports" / f"rebase-{_safe(old_base)}-to-{_safe(onto)}.txt"
     extra = {"op": "rebase", "finisher_module": "vpatch.manager.rebase",

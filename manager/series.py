@@ -27,61 +27,36 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Any, Literal, TypeVar, cast
+from collections.abc import Callable
 
 from .errors import Location, Problem, SeriesError
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:(rc|a|b|\.post|\.dev)(\d+))?$")
 DEFAULT_SOURCE = "https://github.com/vllm-project/vllm.git"
+T = TypeVar("T")
 METRICS = ("tpot", "ttft", "itl", "throughput", "gsm8k", "kernel")
 
 
-class _Model(BaseModel):
-    # defer_build: pydantic builds a model's validator on its first model_validate, which a well-formed
-    # series never reaches (see _fast_entry); building all of them costs more than `vpatch status` itself
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
-
-class Claim(_Model):
+@dataclass(frozen=True)
+class Claim:
     """What the entry's author says it changes, as stated (checked later against measurements)."""
 
-    metric: str = Field(description="tpot | ttft | itl | throughput | gsm8k | kernel:NAME")
+    metric: str  # tpot | ttft | itl | throughput | gsm8k | kernel:NAME
     direction: Literal["lower", "higher", "same"] = "lower"
     before: float | None = None
     after: float | None = None
-    change_pct: float | None = Field(default=None, description="signed relative change in percent")
+    change_pct: float | None = None  # signed relative change in percent
     unit: str | None = None
     gate: Literal["on", "off"] | None = None
     note: str | None = None
-
-    @field_validator("before", "after")
-    @classmethod
-    def _measured(cls, v: float | None) -> float | None:
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{v} is not a measurement (a finite number above 0)")
-        return v
-
-    @field_validator("change_pct")
-    @classmethod
-    def _pct(cls, v: float | None) -> float | None:
-        if v is not None and not (math.isfinite(v) and v > -100):
-            raise ValueError(f"{v} is not a relative change (a finite percentage above -100)")
-        return v
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        if v.split(":", 1)[0] not in METRICS:
-            raise ValueError(f"unknown metric {v!r} (expected one of {', '.join(METRICS)}, kernel:NAME)")
-        return v
 
     @property
     def expected_pct(self) -> float | None:
@@ -92,8 +67,13 @@ class Claim(_Model):
             return (self.after - self.before) / self.before * 100.0
         return None
 
+    def as_dict(self) -> dict[str, object]:
+        """The claim as written (fields left out where not given)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
-class Upstream(_Model):
+
+@dataclass(frozen=True)
+class Upstream:
     state: Literal["pending", "submitted", "merged"] = "pending"
     url: str | None = None
     version: str | None = None
@@ -106,59 +86,20 @@ class Upstream(_Model):
         return {"merged": self.version}
 
 
-class Entry(_Model):
+@dataclass(frozen=True)
+class Entry:
     id: str
     title: str
     kind: Literal["patch", "overlay"] = "patch"
     area: str = "misc"
-    patch: str | None = Field(default=None, description="patch file, relative to patches/ (default <id>.patch)")
-    message: str | None = Field(default=None, description="overlay only: commit message body")
-    author: str | None = Field(default=None, description="overlay only: 'Name <email>'")
-    gate: dict[str, str] = Field(default_factory=dict)
+    patch: str | None = None  # patch file, relative to patches/ (default <id>.patch)
+    message: str | None = None  # overlay only: commit message body
+    author: str | None = None  # overlay only: 'Name <email>'
+    gate: dict[str, str] = field(default_factory=dict)
     claims: tuple[Claim, ...] = ()
-    upstream: Upstream = Upstream.model_construct()  # not Upstream(): that would build its validator at import
+    upstream: Upstream = Upstream()
     checks: tuple[str, ...] = ()
-    bench: str | None = Field(default=None, description="kernel micro-benchmark command (prints JSON samples)")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if not ID_RE.match(v):
-            raise ValueError(f"id {v!r} must be lower-case letters, digits, '.', '_' or '-' (at most 64)")
-        return v
-
-    @field_validator("upstream", mode="before")
-    @classmethod
-    def _upstream(cls, v: object) -> object:
-        if isinstance(v, Upstream):
-            return v
-        if v in (None, "pending"):
-            return {"state": "pending"}
-        if isinstance(v, dict) and len(v) == 1:
-            (k, val), = v.items()
-            if k == "submitted":
-                return {"state": "submitted", "url": val}
-            if k == "merged":
-                if not isinstance(val, str) or not VERSION_RE.match(val):
-                    raise ValueError(f"merged version {val!r} is not a version like 'v0.20.0'")
-                return {"state": "merged", "version": val}
-        raise ValueError('upstream must be "pending", { submitted = "URL" } or { merged = "vX.Y.Z" }')
-
-    @field_validator("gate")
-    @classmethod
-    def _gate(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not re.match(r"^[A-Z_][A-Z0-9_]*$", k):
-                raise ValueError(f"gate variable {k!r} is not an environment variable name")
-        return {k: str(val) for k, val in v.items()}
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> Entry:
-        if self.kind == "overlay" and self.patch:
-            raise ValueError("an overlay entry has no 'patch' (its files live in overlay/<id>/)")
-        if self.kind == "patch" and (self.message or self.author):
-            raise ValueError("'message' and 'author' are for overlays (a patch carries its own)")
-        return self
+    bench: str | None = None  # kernel micro-benchmark command (prints JSON samples)
 
     @property
     def patch_file(self) -> str:
@@ -168,9 +109,10 @@ class Entry(_Model):
         return self.id
 
 
-class SeriesHeader(_Model):
-    name: str = "series"
+@dataclass(frozen=True)
+class SeriesHeader:
     base: str
+    name: str = "series"
     source: str = DEFAULT_SOURCE
     package: str = "vllm"
     author: str | None = None
@@ -251,10 +193,10 @@ def _key_line(text: str, start: int, end: int | None, key: str) -> int:
     return start
 
 
-# --- the fast path: a well-formed series never runs pydantic's validators -------------------------------
-# Each function returns the model built with model_construct when the table is certainly valid (a strict
-# subset of what the model accepts, converted as pydantic would), else None: then model_validate runs and
-# says what is wrong, in the same words as always. tests/manager/test_series_fast.py holds the two equal.
+# --- the fast path: a well-formed series never imports pydantic -----------------------------------------
+# Each function returns the dataclass when the table is certainly valid (a strict subset of what the schema
+# in series_schema.py accepts, converted as pydantic would), else None: then the schema decides and says
+# what is wrong, in the same words as always. tests/manager/test_series_fast.py holds the two equal.
 
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _HEADER_KEYS = frozenset({"name", "base", "source", "package", "author"})
@@ -266,7 +208,7 @@ def _fast_header(raw: object) -> SeriesHeader | None:
     if not (isinstance(raw, dict) and "base" in raw and raw.keys() <= _HEADER_KEYS
             and all(type(v) is str for v in raw.values())):
         return None
-    return SeriesHeader.model_construct(**raw)
+    return SeriesHeader(**raw)
 
 
 def _number(v: object) -> float | None:
@@ -289,18 +231,18 @@ def _fast_claim(raw: object) -> Claim | None:
             if v is None or v <= lo:
                 return None
             d[k] = v
-    return Claim.model_construct(**d)
+    return Claim(**d)
 
 
 def _fast_upstream(v: object) -> Upstream | None:
     if v in (None, "pending"):
-        return Upstream.model_construct(state="pending")
+        return Upstream(state="pending")
     if isinstance(v, dict) and len(v) == 1:
         (k, val), = v.items()
         if k == "submitted" and type(val) is str:
-            return Upstream.model_construct(state="submitted", url=val)
+            return Upstream(state="submitted", url=val)
         if k == "merged" and type(val) is str and VERSION_RE.match(val):
-            return Upstream.model_construct(state="merged", version=val)
+            return Upstream(state="merged", version=val)
     return None
 
 
@@ -335,7 +277,18 @@ def _fast_entry(raw: object) -> Entry | None:
         if up is None:
             return None
         d["upstream"] = up
-    return Entry.model_construct(**d)
+    return Entry(**d)
+
+
+def _validated(kind: Literal["header", "entry"], raw: object, fast: Callable[[object], T | None]
+               ) -> tuple[T | None, list[dict[str, Any]]]:
+    """The fast path's object, else what the pydantic schema (imported only now) makes of ``raw``."""
+    obj = fast(raw)
+    if obj is not None:
+        return obj, []
+    from . import series_schema
+    made, errors = series_schema.validate(kind, raw)
+    return cast("T | None", made), errors
 
 
 def parse_series(text: str, path: Path) -> Series:
@@ -354,13 +307,11 @@ def parse_series(text: str, path: Path) -> Series:
     if "series" not in doc:
         problems.append(Problem(Location(path, 1), "missing [series] table (with at least base = \"vX.Y.Z\")"))
     else:
-        try:
-            header = _fast_header(doc["series"]) or SeriesHeader.model_validate(doc["series"])
-        except ValidationError as e:
-            for err in e.errors():
-                key = str(err["loc"][0]) if err["loc"] else ""
-                line = _key_line(text, series_line or 1, None, key) if key else (series_line or 1)
-                problems.append(Problem(Location(path, line), f"[series] {key}: {err['msg']}"))
+        header, errors = _validated("header", doc["series"], _fast_header)
+        for err in errors:
+            key = str(err["loc"][0]) if err["loc"] else ""
+            line = _key_line(text, series_line or 1, None, key) if key else (series_line or 1)
+            problems.append(Problem(Location(path, line), f"[series] {key}: {err['msg']}"))
     entries: list[Entry] = []
     raw_entries = doc.get("entry", [])
     if not isinstance(raw_entries, list):
@@ -372,15 +323,14 @@ def parse_series(text: str, path: Path) -> Series:
         start = entry_lines[i] if i < len(entry_lines) else 0
         end = entry_lines[i + 1] if i + 1 < len(entry_lines) else None
         eid = raw.get("id") if isinstance(raw, dict) else None
-        try:
-            entry = _fast_entry(raw) or Entry.model_validate(raw)
-        except ValidationError as e:
-            for err in e.errors():
-                key = str(err["loc"][0]) if err["loc"] else ""
-                line = _key_line(text, start, end, key) if key and start else start
-                loc = ".".join(str(x) for x in err["loc"])
-                msg = err["msg"].removeprefix("Value error, ")
-                problems.append(Problem(Location(path, line, eid if isinstance(eid, str) else f"#{i + 1}"), f"{loc}: {msg}"))
+        entry, errors = _validated("entry", raw, _fast_entry)
+        for err in errors:
+            key = str(err["loc"][0]) if err["loc"] else ""
+            line = _key_line(text, start, end, key) if key and start else start
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(Problem(Location(path, line, eid if isinstance(eid, str) else f"#{i + 1}"), f"{loc}: {msg}"))
+        if entry is None:
             continue
         if entry.id in seen:
             problems.append(Problem(Location(path, start, entry.id),

@@ -189,7 +189,7 @@ class Validator:
             if c.gate and self.gate != GATE_NONE and c.gate != self.gate:
                 continue
             chk = stats.check_claim(c.expected_pct, c.direction, cmp)
-            out.append({"claim": c.model_dump(exclude_none=True), **chk.as_dict()})
+            out.append({"claim": c.as_dict(), **chk.as_dict()})
         return out
 
     def run(self, m, prefixes: Sequence[Prefix], against: Prefix | None, all_prefixes: Sequence[Prefix]) -> list[Row]:
