@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import msgspec
 
 from .errors import VpatchError
 
@@ -38,15 +38,16 @@ class StateError(VpatchError):
     """A state file vpatch wrote cannot be read back (damaged, truncated, edited by hand, newer vpatch)."""
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
+class _Record(msgspec.Struct, kw_only=True):
+    # msgspec, not pydantic: `vpatch status` reads these on every start, and importing pydantic and
+    # defining its models costs more than the whole command may take (issue: start-up <= 150 ms).
+    # Unknown fields are kept in the dict and ignored here, as with pydantic's extra="allow".
     version: int = 0
 
 
 # --- the workspace ------------------------------------------------------------------------------------
 
-class OrigState(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
+class OrigState(msgspec.Struct, kw_only=True):
     branch: str | None
     head: str | None
     branch_head: str | None = None
@@ -54,16 +55,14 @@ class OrigState(BaseModel):
     skipped: dict[str, str] = {}
 
 
-class DoneEntry(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
+class DoneEntry(msgspec.Struct, kw_only=True):
     id: str
     result: str
     commit: str | None = None
     detail: str | None = ""
 
 
-class Current(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
+class Current(msgspec.Struct, kw_only=True):
     id: str
     title: str = ""
     message: dict[str, Any] | None = None
@@ -72,7 +71,7 @@ class Current(BaseModel):
     detail: str | None = ""
 
 
-class Operation(_Record):
+class Operation(_Record, kw_only=True):
     """An operation in flight (apply / rebase, stopped at a conflict or killed)."""
 
     op: str
@@ -92,28 +91,26 @@ class Operation(_Record):
     tip: str | None = None  # the last commit the engine made (it may be ahead of HEAD: index-only apply)
 
 
-class BranchInfo(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
+class BranchInfo(msgspec.Struct, kw_only=True):
     base: str
     base_commit: str
     source: str = ""
     series: str = ""
 
 
-class WorkspaceInfo(_Record):
+class WorkspaceInfo(_Record, kw_only=True):
     branches: dict[str, BranchInfo] = {}
 
 
-class Skipped(_Record):
+class Skipped(_Record, kw_only=True):
     """``{branch: {entry id: why}}`` (one key per vpatch branch, beside ``version``)."""
 
-    __pydantic_extra__: dict[str, dict[str, str]]
+    SHAPE: ClassVar[type] = dict[str, dict[str, str]]  # the keys other than version
 
 
 # --- bisect and builds ----------------------------------------------------------------------------------
 
-class BisectArgs(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
+class BisectArgs(msgspec.Struct, kw_only=True):
     metric: str | None = None
     run: str | None = None
     good: str | None = None
@@ -121,7 +118,7 @@ class BisectArgs(BaseModel):
     upstream: bool | None = False
 
 
-class BisectRecord(_Record):
+class BisectRecord(_Record, kw_only=True):
     args: BisectArgs
     started: float | None = None
     log: list[dict[str, Any]] = []
@@ -133,7 +130,7 @@ class BisectRecord(_Record):
     threshold_pct: float | None = None
 
 
-class BuildRecord(_Record):
+class BuildRecord(_Record, kw_only=True):
     id: str
     status: str
     tree: str | None = None
@@ -158,11 +155,11 @@ WHAT: dict[type, str] = {
 }
 
 
-def _why(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(x) for x in err["loc"]) or "top level"
-    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{where}: {err['msg']}{more}"
+def _why(e: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `str`, got `int` - at `$.orig.branch`" as "orig.branch: expected `str`, got `int`"."""
+    msg, _, where = str(e).partition(" - at `$")
+    where = where.rstrip("`").lstrip(".")
+    return f"{where or 'top level'}: {msg[:1].lower()}{msg[1:]}"
 
 
 def damaged(model: type, path: Path, why: str) -> StateError:
@@ -181,8 +178,11 @@ def parse(model: type[_Record], data: Any, path: Path) -> dict:
         raise StateError(f"{path} was written by a newer vpatch (state version {version}, this one knows "
                          f"{STATE_VERSION})", "upgrade vpatch, or " + HINTS[model].format(path=path))
     try:
-        model.model_validate(data)
-    except ValidationError as e:
+        if model is Skipped:
+            msgspec.convert({k: v for k, v in data.items() if k != "version"}, Skipped.SHAPE)
+        else:
+            msgspec.convert(data, model)
+    except msgspec.ValidationError as e:
         raise damaged(model, path, _why(e)) from None
     return data
 
