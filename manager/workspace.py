@@ -81,19 +81,43 @@ class Workspace:
         workspace is cloned (the folder is made empty first and removed again if nothing came of it), so it
         never moves and nothing is written outside the workspace. Then git's leftovers are dealt with:
         git processes a killed vpatch left running are waited for, and provably stale git locks removed."""
-        created = False
         self.check_path()
-        if not self.path.exists():
-            self.path.mkdir(parents=True)
-            created = True
+        made = self._make_folders()
         with locked_dir(self.path):
             try:
                 if self.exists():
                     self.recover_git()
                 yield
             finally:
-                if created and self.path.is_dir() and not any(self.path.iterdir()):
-                    self.path.rmdir()
+                for d in made:  # the deepest first: only folders this call made, and only while still empty
+                    if d.is_dir() and not any(d.iterdir()):
+                        d.rmdir()
+
+    def _make_folders(self) -> list[Path]:
+        """Make the workspace folder and any missing parents; return those made, deepest first, so that a
+        refused or empty run removes them again. A parent that is a file is one clear line, not a crash."""
+        missing = []
+        for d in (self.path, *self.path.parents):
+            if d.exists():
+                if not d.is_dir():
+                    raise WorkspaceError(f"the workspace {self.path} cannot be made: {d} is a file, not a folder",
+                                         "pass --workspace a folder path (the default is .vpatch/vllm beside the "
+                                         "series)")
+                break
+            missing.append(d)
+        made: list[Path] = []
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+                made.insert(0, d)
+            except FileExistsError:
+                pass  # another process made it in between: it is that process's to keep or remove
+            except OSError as e:
+                for m in made:
+                    m.rmdir()
+                raise WorkspaceError(f"cannot make the workspace folder {d}: {e.strerror}",
+                                     "pass --workspace a folder you can write to") from None
+        return made
 
     def git_locks(self) -> list:
         """git's lock files in this workspace, each with whether it is provably stale (for `status`)."""

@@ -297,6 +297,14 @@ def test_refused_workspace_leaves_nothing_outside(three_entries, vp, tmp_path):
     # a new folder that comes to nothing is removed again
     r = vp(s.root, "--workspace", str(parent / "new"), "abort")
     assert r.rc == 1 and not (parent / "new").exists()
+    # ... and so are the missing folders above it that the run made
+    r = vp(s.root, "--workspace", str(parent / "a" / "b" / "ws"), "abort")
+    assert r.rc == 1 and "no vpatch operation" in r.err and not (parent / "a").exists()
+    # a parent that is a file: one line naming it, not an internal error, nothing made
+    for verb in ("apply", "abort"):
+        r = vp(s.root, "--workspace", str(parent / "afile" / "ws"), verb)
+        assert r.rc == 1 and f"{parent / 'afile'} is a file, not a folder" in r.err, (verb, r.err)
+    assert sorted(p.name for p in parent.iterdir()) == ["afile", "notgit"]
 
 
 def test_hostile_overlay_path_through_symlink_refused(tmp_path, upstream, vp):
