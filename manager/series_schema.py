@@ -27,9 +27,10 @@ class _Model(BaseModel):
 class Claim(_Model):
     metric: str = Field(description="tpot | ttft | itl | throughput | gsm8k | kernel:NAME")
     direction: Literal["lower", "higher", "same"] = "lower"
-    before: float | None = None
-    after: float | None = None
-    change_pct: float | None = Field(default=None, description="signed relative change in percent")
+    # strict: a number in TOML, not a string that looks like one ("15.2" is a typo'd claim, not a claim)
+    before: float | None = Field(default=None, strict=True)
+    after: float | None = Field(default=None, strict=True)
+    change_pct: float | None = Field(default=None, strict=True, description="signed relative change in percent")
     unit: str | None = None
     gate: Literal["on", "off"] | None = None
     note: str | None = None

@@ -159,7 +159,7 @@ def test_series_not_utf8_or_a_directory(three_entries, vp):
 
 
 @pytest.mark.parametrize("claim,word", [("before = nan", "nan"), ("after = inf", "inf"), ("before = -3.0", "-3.0"),
-                                        ("change_pct = -inf", "-inf")])
+                                        ("change_pct = -inf", "-inf"), ('before = "15.2"', "valid number")])
 def test_claims_must_be_measurements(three_entries, vp, claim, word):
     s = three_entries
     s.series.write_text(s.series.read_text() + f'\n[[entry.claims]]\nmetric = "tpot"\n{claim}\n')
@@ -201,3 +201,4 @@ def test_validate_arguments(three_entries, vp):
     assert one_line_error(r) and "--shard x/y" in r.err
     r = vp(s.root, "validate", "--min-boots", "1")
     assert r.rc == 2 and "--min-boots" in r.err and "Traceback" not in r.err
+
