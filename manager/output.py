@@ -6,6 +6,7 @@ so that pipelines stay parseable.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -20,11 +21,53 @@ if TYPE_CHECKING:
 _state = {"json": False, "quiet": False}
 
 
+class _Stream:
+    """stdout or stderr, for a reader that may leave early (`vpatch apply | head -1`): once a write finds
+    the pipe closed, output goes nowhere and the command finishes its work. Without this the first
+    BrokenPipeError stopped an apply half-way and left its operation in flight for `abort`."""
+
+    def __init__(self, err: bool):
+        self._err = err
+
+    @property
+    def _s(self) -> Any:  # looked up on each write, as rich does: tests and callers may swap sys.stdout
+        return sys.stderr if self._err else sys.stdout
+
+    def write(self, text: str) -> int:
+        try:
+            return self._s.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._s.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        try:  # the fd to /dev/null, so that Python's own flush at exit finds nothing to complain about
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._s.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self._s, name)
+
+
+@cache
+def _stream(err: bool) -> _Stream:
+    return _Stream(err)
+
+
 @cache
 def _console(err: bool) -> Console:
     from rich.console import Console  # imported on first output: `vpatch --help` and JSON runs never pay for it
 
-    return Console(stderr=err, highlight=False, soft_wrap=True, emoji=False)
+    return Console(file=_stream(err), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
 
 
 def __getattr__(name: str) -> Any:  # output.stdout / output.stderr, made on first use
@@ -53,8 +96,9 @@ def say(*args: Any, **kw: Any) -> None:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    sys.stdout.flush()
+    out = _stream(False)
+    out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    out.flush()
 
 
 @contextmanager

@@ -202,3 +202,16 @@ def test_validate_arguments(three_entries, vp):
     r = vp(s.root, "validate", "--min-boots", "1")
     assert r.rc == 2 and "--min-boots" in r.err and "Traceback" not in r.err
 
+
+def test_a_reader_that_leaves_early_does_not_stop_apply(three_entries):
+    """`vpatch apply | head -1`: the pipe closes while apply still prints. apply finishes its work (no
+    operation left in flight) instead of dying on the first BrokenPipeError half-way through."""
+    import os
+    s = three_entries
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line: every write finds the pipe closed
+    p = subprocess.run([sys.executable, "-m", "vpatch.manager.cli.main", "apply"], cwd=s.root, stdout=w, stderr=w)
+    os.close(w)
+    assert p.returncode == 0
+    assert not (ws_of(s) / ".git" / "vpatch" / "operation.json").exists()
+    assert git(ws_of(s), "log", "--format=%s", "-3").count("\n") == 2  # three entries committed
