@@ -822,15 +822,17 @@ def build_cpu(ctx, ws: Workspace, commit: str, upto: str | None, *, explain: boo
 
 
 def ensure_cpu_runtime(ctx, ws: Workspace, commit: str, upto: str | None = None, step=None) -> dict:
-    """The cpu runtime of ``commit``'s tree (built when missing, quietly): {"venv", "python", "fingerprint"}."""
+    """The cpu runtime of ``commit``'s tree (built when missing, quietly): {"venv", "python", "fingerprint",
+    "tree"}, "build" when it was built now."""
     tree = ws.git.tree_of(commit)
     st = cpu_engine.tree_runtime(build_records.builds_dir(ctx), tree)
     if st and st.get("fingerprint"):
-        return st
+        return {**st, "tree": tree}
     release = cpu_engine.release_of(cpu_engine.tree_vllm_version(ws.git, commit))
     action, reason = _cpu_plan(ctx, tree, release)
     rec = _cpu_execute(ctx, ws, commit, tree, upto, release, action, reason, cpu_effects(ws, commit), None, step)
-    return {"venv": rec["venv"], "python": rec["python"], "fingerprint": rec["fingerprint"], "build": rec["id"]}
+    return {"venv": rec["venv"], "python": rec["python"], "fingerprint": rec["fingerprint"], "build": rec["id"],
+            "tree": tree}
 
 
 def _cpu_execute(ctx, ws: Workspace, commit: str, tree: str, upto: str | None, release: str, action: str,

@@ -88,7 +88,7 @@ def _cpu_materialize(ctx, ws, vcfg, upstream_mat=None):
         up = Workspace(upstream_mat(p))
         head = up.git.run("rev-parse", "HEAD").out
         # the measured path is the cpu build, not a git tree: keep the tree of the series on this commit
-        records[p.commit] = {**ensure_cpu_runtime(ctx, up, head, None), "tree": up.git.tree_of(head)}
+        records[p.commit] = ensure_cpu_runtime(ctx, up, head, None)  # with the tree it measured
         return records[p.commit]["venv"]
 
     def engine(p: Prefix) -> dict:
