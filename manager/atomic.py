@@ -38,14 +38,17 @@ def _sweep(path: Path) -> None:
     """Remove temp files of ``path`` left by a writer killed before its rename (its pid is gone)."""
     for t in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = t.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             try:
                 t.unlink()
             except FileNotFoundError:
                 pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (None or 0: no process)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -47,18 +47,6 @@ def save(ctx, rec: dict) -> None:
     atomic.write_json(records_dir(ctx) / f"{rec['id']}.json", state.stamp(rec))
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def load_all(ctx) -> list[dict]:
     """Every record, oldest first (by start time, then id)."""
     d = records_dir(ctx)
@@ -67,7 +55,7 @@ def load_all(ctx) -> list[dict]:
     out = []
     for p in d.glob("*.json"):
         rec = state.read(state.BuildRecord, p)  # damaged: one line naming the file (delete it)
-        if rec.get("status") == "running" and not _alive(rec.get("pid")):
+        if rec.get("status") == "running" and not atomic.alive(rec.get("pid")):
             rec["status"] = "interrupted"
         out.append(rec)
     out.sort(key=lambda r: (r.get("started_ns", 0), r["id"]))
