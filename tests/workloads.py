@@ -15,3 +15,17 @@ def run():
     return s
 '''
 N0 = 400_000
+
+
+def workload_project(path, files: dict[str, str], tag: str = "v1.0.0"):
+    """A small upstream project carrying the workload (bench.py, work.py at N0) and ``files``, committed and
+    tagged ``tag``: the base that the bisect and nightly tests plant their entries on."""
+    from conftest import Upstream
+
+    up = Upstream(path)
+    up.write("bench.py", BENCH)
+    up.write("work.py", WORK.format(n=N0))
+    for rel, text in files.items():
+        up.write(rel, text)
+    up.commit("project 1.0", tag=tag)
+    return up

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import SeriesDir, Upstream, git, make_patch
-from workloads import BENCH, N0, WORK
+from conftest import SeriesDir, git, make_patch
+from workloads import N0, WORK, workload_project
 
 from vpatch.ci.nightly import decide_compare, names_regression
 
@@ -34,12 +34,7 @@ def test_an_upstream_culprit_counts_only_when_it_is_the_regression():
 
 @pytest.mark.timeout(1200)
 def test_nightly_clean_then_planted_regression(tmp_path, vp):
-    up = Upstream(tmp_path / "project")
-    up.write("bench.py", BENCH)
-    up.write("work.py", WORK.format(n=N0))
-    for i in range(6):
-        up.write(f"mods/m{i}.py", f"# module {i}\n")
-    up.commit("project 1.0", tag="v1.0.0")
+    up = workload_project(tmp_path / "project", {f"mods/m{i}.py": f"# module {i}\n" for i in range(6)})
     s = SeriesDir(tmp_path / "fork", "v1.0.0", str(up.path))
     for i in range(1, 5):
         s.add_patch(f"e{i}", make_patch(up, {f"mods/m{i}.py": f"# module {i}\nX = {i}\n"}, f"entry {i}"))

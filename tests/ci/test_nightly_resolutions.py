@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 import sys
 
-from conftest import SeriesDir, Upstream, git, lines, make_patch
-from workloads import BENCH, N0, WORK
+from conftest import SeriesDir, git, lines, make_patch
+from workloads import workload_project
 
 from vpatch.ci.nightly import only_conflicts
 
@@ -20,11 +20,7 @@ def test_only_conflicts_is_pure():
 
 
 def _project(tmp_path):
-    up = Upstream(tmp_path / "project")
-    up.write("bench.py", BENCH)
-    up.write("work.py", WORK.format(n=N0))
-    up.write("src/c.py", lines(30, "c"))
-    up.commit("project 1.0", tag="v1.0.0")
+    up = workload_project(tmp_path / "project", {"src/c.py": lines(30, "c")})
     s = SeriesDir(tmp_path / "fork", "v1.0.0", str(up.path))
     s.add_patch("mine-c", make_patch(up, {"src/c.py": lines(30, "c").replace("c 7\n", "c 7 mine\n")}, "c: mine"))
     s.add_patch("readme", make_patch(up, {"README": "fork\n"}, "readme"))

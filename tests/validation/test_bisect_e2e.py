@@ -11,20 +11,15 @@ import time
 
 import pytest
 
-from conftest import SeriesDir, Upstream, make_patch
+from conftest import SeriesDir, make_patch
 
-from workloads import BENCH, N0, WORK
+from workloads import N0, WORK, workload_project
 
 CULPRIT = 11
 
 
 def make_slow_series(tmp_path, factor: float = 1.3) -> SeriesDir:
-    up = Upstream(tmp_path / "project")
-    up.write("bench.py", BENCH)
-    up.write("work.py", WORK.format(n=N0))
-    for i in range(16):
-        up.write(f"mods/m{i:02d}.py", f"# module {i}\n")
-    up.commit("project 1.0", tag="v1.0.0")
+    up = workload_project(tmp_path / "project", {f"mods/m{i:02d}.py": f"# module {i}\n" for i in range(16)})
     s = SeriesDir(tmp_path / "fork", "v1.0.0", str(up.path))
     for i in range(1, 17):
         edits = {f"mods/m{i - 1:02d}.py": f"# module {i - 1}\nTUNED = {i}\n"}
