@@ -134,8 +134,14 @@ class IndexOnly:
         self.index = ws.vp_dir / "fast-index"
         self.env = {"GIT_INDEX_FILE": str(self.index)}
         self.loaded: str | None = None
+        self._known_trees: dict[str, str] = {}  # commit -> tree of the commits made here (no git process to ask)
         for p in (self.index, self.index.with_name("fast-index.lock")):
             p.unlink(missing_ok=True)  # ours alone; a killed run's leftovers (we hold the workspace lock)
+
+    def _tip_tree(self) -> str:
+        if self.tip not in self._known_trees:
+            self._known_trees[self.tip] = self.g.tree_of(self.tip)
+        return self._known_trees[self.tip]
 
     def try_patch(self, series: Series, entry: Entry, digest: str) -> Outcome | None:
         info, message = patch_message(self.ws, series, entry, digest)
@@ -149,13 +155,14 @@ class IndexOnly:
             self.loaded = None  # atomic: nothing was written, but read it again to be sure
             return None
         tree = self.g.run("write-tree", env=self.env).out
-        if tree == self.g.tree_of(self.tip):
+        if tree == self._tip_tree():
             self.loaded = None
             return None  # changes nothing: the exact path says why (already upstream, empty)
         ident = identity_env(message["author_name"], message["author_email"], message["date"])
         sha = self.g.run("commit-tree", tree, "-p", self.tip, "-F", "-", env=ident,
                          input=cleanup_message(message["text"])).out
         self.tip = self.loaded = sha
+        self._known_trees[sha] = tree
         return Outcome("clean", commit=sha, message=message)
 
     def materialize(self) -> None:

@@ -51,6 +51,7 @@ class AppliedCommit:
 class Workspace:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._git: Git | None = None
 
     # --- existence and git -------------------------------------------------------------------
     def exists(self) -> bool:
@@ -65,9 +66,12 @@ class Workspace:
     @property
     def git(self) -> Git:
         if not self.exists():
+            self._git = None
             raise WorkspaceError(f"no workspace at {self.path}",
                                  "run `vpatch apply` to create it (or pass --workspace DIR)")
-        return Git(self.path)
+        if self._git is None:  # one per workspace: making one asks git for its git dir (a process each time)
+            self._git = Git(self.path)
+        return self._git
 
     @property
     def vp_dir(self) -> Path:
