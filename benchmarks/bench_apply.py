@@ -1,10 +1,11 @@
 """Apply the series onto vLLM v0.28.0 with vpatch vs `git am -3` of the same patches on the same tree.
 
-Run on demand:  python benchmarks/bench_apply.py [--synthetic N] [--repeats R]
+Run on demand:  python benchmarks/bench_apply.py [--total N] [--repeats R]
 
 Both sides start from the same fresh clone of the cached release repo (pypi source) at v0.28.0
 with the work tree checked out, and apply the same patch files (the shipped series' patch entries
-not merged at the base, plus N synthetic one-line edits of real vLLM files). vpatch does more per entry
+not merged at the base, up to its first overlay, then synthetic one-line edits of real vLLM files up to
+N patches in all). vpatch does more per entry
 (reverse-apply probe only on failure, trailers, a state file written after every entry for
 abort/continue after a crash), so the ratio says what that safety costs. Prints one table and the
 ratio vpatch/git-am from one run.
@@ -52,7 +53,8 @@ def synthetic_patches(repo: Path, tmp: Path, n: int) -> list[Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--synthetic", type=int, default=20, help="extra one-line patches on real files (default 20)")
+    ap.add_argument("--total", type=int, default=25, help="patches in all: the shipped ones, then synthetic one-line "
+                    "patches on real files up to this many (default 25, the issue's benchmark)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     from vpatch.manager.lint import load_checked
@@ -63,10 +65,18 @@ def main() -> None:
     src = resolve_source("pypi")
     src.ensure(series.base)
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as t:
+        if os.environ.get("BENCH_KEEP"):
+            t = tempfile.mkdtemp(prefix="bench-apply-keep-")
         tmp = Path(t)
-        patches = [ROOT / "patches" / e.patch_file for e in series.entries
-                   if e.kind == "patch" and not merged_at_or_before(e, series.base)]
-        patches += synthetic_patches(src.repo(), tmp, args.synthetic)
+        # the shipped patch entries up to the first overlay: later patches build on the overlay's files,
+        # which `git am` cannot lay down
+        patches = []
+        for e in series.entries:
+            if e.kind == "overlay":
+                break
+            if not merged_at_or_before(e, series.base):
+                patches.append(ROOT / "patches" / e.patch_file)
+        patches += synthetic_patches(src.repo(), tmp, max(0, args.total - len(patches)))
         fork = tmp / "fork"
         (fork / "patches").mkdir(parents=True)
         lines = [f'[series]\nbase = "{series.base}"\nsource = "pypi"\n']
