@@ -13,7 +13,10 @@ from ._common import pass_ctx, series_of
 
 def render(d: dict) -> None:
     output.say(f"[bold]series[/] {d['series']}  base {d['base']}  source {d['source']}")
-    if not d["exists"]:
+    if not d["exists"] and d.get("foreign"):
+        output.say(f"[yellow]no workspace at {d['workspace']}[/]: the folder is neither a git checkout nor empty, "
+                   "so `vpatch apply` refuses it (pass --workspace a new folder)")
+    elif not d["exists"]:
         output.say(f"no workspace yet at {d['workspace']} (`vpatch apply` creates it)")
     else:
         output.say(f"[bold]workspace[/] {d['workspace']}  branch {d['branch'] or '(detached)'}  "

@@ -288,6 +288,9 @@ def test_refused_workspace_leaves_nothing_outside(three_entries, vp, tmp_path):
     (parent / "notgit" / "mine.txt").write_text("mine\n")
     r = vp(s.root, "--workspace", str(parent / "notgit"), "apply")
     assert r.rc == 1 and "neither a git checkout nor empty" in r.err
+    r = vp(s.root, "--workspace", str(parent / "notgit"), "status")  # says so too, not "apply creates it"
+    assert r.rc == 0 and "apply` refuses it" in r.out and "creates it" not in r.out, r.out
+    assert vp(s.root, "--json", "--workspace", str(parent / "notgit"), "status").json["foreign"] is True
     assert sorted(p.name for p in parent.iterdir()) == ["notgit"]
     assert sorted(p.name for p in (parent / "notgit").iterdir()) == ["mine.txt"]
     (parent / "afile").write_text("x\n")
