@@ -64,6 +64,9 @@ def diff_problems(text: str) -> list[tuple[int, str]]:
         if hunk is not None:
             if line.startswith("\\"):
                 continue
+            if line == "-- " and hunk[1] == 0:  # no removed line can follow: format-patch's signature
+                close(n)  # the hunk ended short of its header's new-line count
+                break
             kind = line[:1]
             if kind in ("", " ", "-", "+"):
                 if kind in ("", " ", "-"):

@@ -175,6 +175,8 @@ def _edit_patch(s: SeriesDir, eid: str, fn) -> None:
 
 @pytest.mark.parametrize("edit,what", [
     (lambda t: t.replace("@@ -2,7 +2,7 @@", "@@ -2,9 +2,7 @@"), "truncated"),
+    # more new lines counted than the hunk holds: the signature line "-- " is not a removed line
+    (lambda t: t.replace("@@ -2,7 +2,7 @@", "@@ -2,7 +2,9 @@"), "2 new lines missing"),
     (lambda t: t.replace("@@ -2,7 +2,7 @@", "@@ -2,5 +2,5 @@"), "more lines than its header counts"),
     (lambda t: t[: t.index(" a 7\n")], "truncated"),
     (lambda t: t.replace("+++ b/src/a.py", "+++ b/src/b.py"), "'+++' names 'src/b.py'"),
