@@ -53,3 +53,26 @@ def test_duplicate_import_from_a_3way_merge_is_reported_on_its_entry(tmp_path, u
     assert "pycheck" not in done["quiet"]
     a2 = vp(s.root, "apply", "--base", "v1.2.0", "--reset")
     assert "envs-root: broken Python after the merge" in a2.out.replace("\n", "")
+
+
+def test_findings_are_cached_by_text_under_the_cache_folder(tmp_path, monkeypatch):
+    """The same text gives the same findings under any path, from the cache the second time (a fresh
+    process reads the disk entry); a damaged entry is analysed again, never trusted."""
+    import json
+
+    from vpatch.manager import pycheck
+    monkeypatch.setenv("VPATCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(pycheck, "_MEMO", {})
+    text = "import os\nimport os\nx = undefined_thing\n"
+    first = findings("a/one.py", text)
+    assert [(f.file, f.kind) for f in first] == [("a/one.py", "redefinition"), ("a/one.py", "undefined-name")]
+    entries = list((tmp_path / "pycheck").rglob("*.json"))
+    assert len(entries) == 1
+    assert json.loads(entries[0].read_text()) == [[f.line, f.kind, f.message] for f in first]
+    monkeypatch.setattr(pycheck, "_MEMO", {})  # as a new process: from disk
+    assert [(f.file, f.line, f.kind, f.message) for f in findings("b/two.py", text)] == \
+        [("b/two.py", f.line, f.kind, f.message) for f in first]
+    entries[0].write_text("[[1, ")  # torn
+    monkeypatch.setattr(pycheck, "_MEMO", {})
+    assert findings("a/one.py", text) == first
+    assert json.loads(entries[0].read_text()) == [[f.line, f.kind, f.message] for f in first]
