@@ -76,3 +76,20 @@ def test_every_help_example_parses_with_the_real_options(tmp_path, monkeypatch):
                     ctx = sub.make_context(name, rest, parent=ctx)
                     cmd, rest = sub, ctx.protected_args + ctx.args if isinstance(sub, click.Group) else []
                 assert cmd.name in (verb, "vpatch") or verb in line, (verb, line)
+
+
+def test_lint_and_status_of_an_applied_workspace_import_neither_pydantic_nor_gitpython(three_entries, vp):
+    """The commands typed most start fast (benchmarks/bench_startup.py measures it): on a well-formed
+    series and healthy state files, nothing on their path imports pydantic or GitPython."""
+    import subprocess
+    import sys
+
+    s = three_entries
+    assert vp(s.root, "apply").rc == 0
+    for verb in ("lint", "status"):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "vpatch.manager.cli.main", verb], cwd=s.root,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        assert "pydantic" not in imported and "git" not in imported, (verb, sorted(m for m in imported
+                                                                          if m.startswith(("pydantic", "git"))))
