@@ -312,7 +312,7 @@ def make_tree_runtime(git: Git, tree: str, engine: Engine, builds_dir: Path, *, 
         (di / "direct_url.json").write_text(json.dumps({"url": f"file://{d}", "dir_info": {}}), encoding="utf-8")
         script = venv / "bin" / "vllm"
         script.write_text(f"#!{d / 'venv' / 'bin' / 'python'}\nimport sys\nfrom vllm.entrypoints.cli.main import main\n"
-                          "sys.exit(main())\n", encoding="utf-8")
+                          "if __name__ == \"__main__\":\n    sys.exit(main())\n", encoding="utf-8")
         script.chmod(0o755)
         st = {"tree": tree, "release": engine.release, "engine_root": str(engine.root),
               "python": str(d / "venv" / "bin" / "python"), "venv": str(d / "venv"),

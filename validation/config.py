@@ -194,7 +194,7 @@ CPU_PROFILE: dict = {
     "device": "cpu", "dtype": "float32", "max_model_len": 512, "input_len": 32, "output_len": 16, "num_prompts": 4,
     "runs_per_boot": 3, "boots_min": 2, "boots_max": 6, "readiness_timeout_s": 1200.0, "tpot_from": "cpu_time",
     "trust_remote_code": False, "extra_args": ("--max-num-seqs", "4", "--enforce-eager"),
-    "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
+    "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
     "gsm8k": {"limit": 20, "num_fewshot": 0, "max_gen_toks": 32, "batch_size": 1, "backend": "local-completions"},
 }
