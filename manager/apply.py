@@ -21,10 +21,9 @@ from .git import Git, run_git
 from .state import StateError
 from .series import Entry, Series, merged_at_or_before
 from .sources import resolve_source
-from .workspace import BASE_REF, AppliedCommit, Workspace, branch_for, entry_digest
+from .workspace import BASE_REF, NEW_DIR, AppliedCommit, Workspace, branch_for, entry_digest
 
 
-NEW_DIR = ".vpatch-new"
 
 
 @dataclass

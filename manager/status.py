@@ -4,7 +4,7 @@ from __future__ import annotations
 from .context import Context
 from .series import Series, merged_at_or_before
 from .sync import sync_state
-from .workspace import Workspace
+from .workspace import NEW_DIR, Workspace
 
 
 def workspace_status(ctx: Context, series: Series) -> dict:
@@ -15,8 +15,8 @@ def workspace_status(ctx: Context, series: Series) -> dict:
     patches_dir = series.path.resolve().parent
     overlay_root = patches_dir.parent / "overlay"
     if not ws.exists():
-        # a folder apply will refuse (apply.NEW_DIR is its own half-made clone, which apply finishes)
-        data["foreign"] = ws.path.is_dir() and any(p.name != ".vpatch-new" for p in ws.path.iterdir())
+        # a folder apply will refuse (NEW_DIR is its own half-made clone, which apply finishes)
+        data["foreign"] = ws.path.is_dir() and any(p.name != NEW_DIR for p in ws.path.iterdir())
         data["entries"] = [{"id": e.id, "kind": e.kind, "state": "merged" if merged_at_or_before(e, series.base) else "pending",
                             "reason": f"merged upstream in {e.upstream.version}" if merged_at_or_before(e, series.base) else None}
                            for e in series.entries]

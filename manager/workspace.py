@@ -33,6 +33,7 @@ from .series import Entry
 ENTRY_TRAILER = "Vpatch-Entry"
 DIGEST_TRAILER = "Vpatch-Digest"
 BASE_REF = "refs/vpatch/base"
+NEW_DIR = ".vpatch-new"  # apply's half-made clone inside a workspace folder, which apply finishes
 
 
 def branch_for(base: str) -> str:
