@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_bytes(path: Path, data: bytes, mode: int | None = None, *, fsync: bool = True) -> None:
+    """``fsync`` False: still old-or-new after a crash of the process, but not after one of the machine
+    (for caches, whose torn entry reads as damaged and is made again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path)
@@ -18,7 +20,8 @@ def write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         elif path.exists():

@@ -12,11 +12,15 @@ unused names, undefined names (also in ``__all__``) and locals used before assig
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 from pyflakes import checker as _checker
 from pyflakes import messages as _m
+
+from . import atomic
 
 KINDS = {
     _m.RedefinedWhileUnused: "redefinition",
@@ -56,18 +60,18 @@ def findings(path: str, source: bytes | str) -> list[Finding]:
 _MEMO: dict[str, list[tuple[int, str, str]]] = {}
 
 
+@functools.cache
 def _cache_tag() -> str:
     import sys
 
     import pyflakes
 
     rules = ",".join(sorted(f"{k.__name__}={v}" for k, v in KINDS.items()))
-    digest = __import__("hashlib").sha1(rules.encode()).hexdigest()[:8]
+    digest = hashlib.sha1(rules.encode()).hexdigest()[:8]
     return f"py{sys.version_info[0]}{sys.version_info[1]}-pyflakes{pyflakes.__version__}-{digest}"
 
 
 def _cached(data: bytes) -> list[tuple[int, str, str]]:
-    import hashlib
     import json
 
     key = hashlib.sha256(data).hexdigest()
@@ -80,12 +84,8 @@ def _cached(data: bytes) -> list[tuple[int, str, str]]:
         got = [(int(a), str(b), str(c)) for a, b, c in json.loads(f.read_text())]
     except (OSError, ValueError, TypeError):  # not cached yet, or a damaged entry: analyse again
         got = _analyse(data)
-        try:  # tmp + rename, no fsync: a torn entry reads as damaged and is analysed again
-            import os
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(got))
-            os.replace(tmp, f)
+        try:
+            atomic.write_bytes(f, json.dumps(got).encode(), fsync=False)
         except OSError:
             pass  # a read-only cache only costs time
     _MEMO[key] = got
