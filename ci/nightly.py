@@ -103,6 +103,26 @@ def names_regression(result: dict | None, lower_is_better: bool = True) -> bool:
     return shift > 0 if lower_is_better else shift < 0
 
 
+def named_by_validate(validate: dict | None, metric: str, threshold_pct: float) -> list[dict]:
+    """Entries this night's validate found worse than their parent, on ``metric``, by at least the threshold
+    (pure). Each such row is a paired comparison of the entry against its parent on the new base, boots
+    interleaved (#17's reuse rules), the same question the series bisect would ask again of the same
+    pair; a row that is worse but below the threshold, or "unknown", names nothing."""
+    named = []
+    for doc in (validate or {}).values():
+        for row in (doc or {}).get("rows") or []:
+            c = row.get("comparison") or {}
+            change = c.get("change_pct")
+            if row.get("metric") != metric or row.get("verdict") != "worse" or change is None:
+                continue
+            if abs(float(change)) >= threshold_pct:
+                named.append({"entry": row.get("entry"), "reference": row.get("reference"), "change_pct": change,
+                              "ci_low_pct": c.get("ci_low_pct"), "ci_high_pct": c.get("ci_high_pct"),
+                              "p_value": c.get("p_value"), "boots": [c.get("n_a"), c.get("n_b")],
+                              "describe": row.get("describe")})
+    return named
+
+
 def only_conflicts(check: dict) -> bool:
     """True when what needs a human in a check result is only text conflicts (which a recorded resolution may
     cover), not an obsolete entry, a missing effect or broken Python (pure)."""
@@ -169,7 +189,9 @@ def compare_tops(root: Path, series_path: Path, state_dir: Path, workspace: Path
 def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None, shard: str | None,
         metrics: list[str], threshold_pct: float, report_dir: Path, build_target: str | None,
         workspace: Path | None = None, progress=None, bisect_budget: int = 120,
-        checks: bool = True) -> tuple[int, dict]:
+        checks: bool = True, bisect: str = "unexplained") -> tuple[int, dict]:
+    """``bisect`` "unexplained": bisect only a regression that no entry's own validate row names (see
+    :func:`named_by_validate`); "always": bisect every regression, upstream first, then the series."""
     from vpatch.manager.series import load_series
     from vpatch.manager.sources import newest_release, resolve_source
 
@@ -272,8 +294,19 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
                 break
     if regression is None:
         return done(CLEAN, "clean")
-    # 5. bisect: upstream first (series applied on each upstream commit), then inside the series
+    # 5. an entry whose own validate row (this night, against its parent) is worse by the threshold is a
+    # culprit already: bisecting would measure the same pairs again. Bisect what validate does not explain.
     assert lg is not None  # a regression is only ever found against a last good nightly
+    out["regression"] = regression
+    named = named_by_validate(out.get("validate"), regression, threshold_pct)
+    out["named_by_validate"] = named
+    if named and bisect != "always":
+        out["bisect"] = {"skipped": "validate named " + ", ".join(str(n["entry"]) for n in named)
+                         + f" (worse by >= {threshold_pct:g} % against its parent, this night); "
+                         "upstream commits were not bisected: a regression left after that entry is fixed "
+                         "shows in the next night"}
+        return done(REGRESSION, "regression")
+    # 6. bisect: upstream first (series applied on each upstream commit), then inside the series
     culprits: dict[str, Any] = {}
     # the bisect hunts what the night flagged: shifts of at least the night's threshold
     more = ["--threshold", str(threshold_pct), *(["--target", "cpu"] if build_target == "cpu" else [])]
@@ -288,5 +321,4 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
         sb = n.vp("bisect", "--metric", regression, "--store", str(store), "--budget", str(bisect_budget), *more)
         culprits["series"] = sb.data.get("result")
     out["bisect"] = culprits
-    out["regression"] = regression
     return done(REGRESSION, "regression")

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from .. import output
-from ..errors import CommandResult
+from ..errors import CommandResult, VpatchError
 from ._common import run_command
 from ._common import pass_ctx
 
@@ -19,13 +19,22 @@ def _nightly_config(path: Path) -> dict:
     return {}
 
 
+def _bisect_mode(cfg: dict, path: Path) -> str:
+    mode = cfg.get("bisect", "unexplained")
+    if mode not in ("unexplained", "always"):
+        raise VpatchError(f"{path}: [nightly] bisect = {mode!r}: expected \"unexplained\" or \"always\"")
+    return mode
+
+
 def render(d):
     output.say(f"nightly {d.get('series_base')} → {d.get('upstream')}: [bold]{d['status']}[/] (exit {d['exit_code']})")
     for s in d.get("stages", []):
         mark = "[green]✓[/]" if s["rc"] == 0 else "[red]✗[/]"
         output.say(f"  {mark} {s['name']:<9} {s['seconds']:7.1f} s" + (f"  {escape(s['error'] or '')}" if s["rc"] else ""))
+    for n in d.get("named_by_validate") or []:
+        output.say(f"[bold red]culprit (validate):[/] {escape(str(n['entry']))}  {escape(str(n.get('describe') or ''))}")
     for kind, r in (d.get("bisect") or {}).items():
-        if r and r.get("status") == "found":
+        if isinstance(r, dict) and r.get("status") == "found":
             output.say(f"[bold red]culprit ({kind}):[/] {r.get('culprit_label')}")
     for k, p in (d.get("reports") or {}).items():
         output.say(f"  {k}: {p}")
@@ -57,7 +66,8 @@ def command(ctx, upstream, shard, metrics, threshold, build_target, checks, repo
                              report_dir=report_dir or c.state_dir / "nightly" / "report",
                              build_target=build_target or cfg.get("build"), workspace=c.workspace_path,
                              progress=step.detail, bisect_budget=int(cfg.get("bisect_budget", 120)),
-                             checks=bool(cfg.get("checks", True)) if checks is None else checks)
+                             checks=bool(cfg.get("checks", True)) if checks is None else checks,
+                             bisect=_bisect_mode(cfg, c.config_path))
         return CommandResult(data, exit_code=code)
 
     run_command(ctx, body, render=render)

@@ -12,7 +12,7 @@ import pytest
 from conftest import SeriesDir, git, make_patch
 from workloads import N0, WORK, workload_project
 
-from vpatch.ci.nightly import decide_compare, names_regression
+from vpatch.ci.nightly import decide_compare, named_by_validate, names_regression
 
 
 def test_decide_compare_pure():
@@ -32,6 +32,22 @@ def test_an_upstream_culprit_counts_only_when_it_is_the_regression():
     assert not names_regression({"status": "ambiguous", "shift_pct": 30.0}) and not names_regression(None)
 
 
+def _row(entry, verdict, change, metric="tpot"):
+    return {"entry": entry, "reference": "parent", "metric": metric, "verdict": verdict, "describe": "",
+            "comparison": {} if change is None else {"change_pct": change, "ci_low_pct": change - 1,
+                                                     "ci_high_pct": change + 1, "p_value": 0.001, "n_a": 4, "n_b": 4}}
+
+
+def test_named_by_validate_only_worse_rows_at_the_threshold_pure():
+    v = {"tpot,outputs": {"rows": [_row("a", "same", 0.4), _row("b", "worse", 82.0), _row("c", "worse", 12.0),
+                                   _row("d", "unknown", 60.0), _row("e", "better", -40.0),
+                                   _row("b", "differs", None, metric="outputs")]}}
+    assert [n["entry"] for n in named_by_validate(v, "tpot", 30.0)] == ["b"]
+    assert [n["entry"] for n in named_by_validate(v, "tpot", 10.0)] == ["b", "c"]
+    assert named_by_validate(v, "ttft", 1.0) == [] and named_by_validate(None, "tpot", 1.0) == []
+    assert named_by_validate(v, "tpot", 30.0)[0]["boots"] == [4, 4]
+
+
 @pytest.mark.timeout(1200)
 def test_nightly_clean_then_planted_regression(tmp_path, vp):
     up = workload_project(tmp_path / "project", {f"mods/m{i}.py": f"# module {i}\n" for i in range(6)})
@@ -39,7 +55,7 @@ def test_nightly_clean_then_planted_regression(tmp_path, vp):
     for i in range(1, 5):
         s.add_patch(f"e{i}", make_patch(up, {f"mods/m{i}.py": f"# module {i}\nX = {i}\n"}, f"entry {i}"))
     (s.root / "vpatch.toml").write_text(
-        "[nightly]\nmetrics = [\"cpu_ms\"]\nthreshold_pct = 3.0\n"
+        "[nightly]\nmetrics = [\"cpu_ms\"]\nthreshold_pct = 3.0\nbisect = \"always\"\n"
         "[validate]\nboots_min = 3\nboots_max = 12\n"
         f"[measure.metrics.cpu_ms]\ncommand = \"{sys.executable} {{tree}}/bench.py\"\nunit = \"ms\"\nruns_per_boot = 2\n")
     # night 1: clean
@@ -65,6 +81,8 @@ def test_nightly_clean_then_planted_regression(tmp_path, vp):
     assert n2["compare"]["cpu_ms"]["verdict"] == "worse" and n2["compare"]["cpu_ms"]["change_pct"] > 3
     assert n2["bisect"]["upstream"]["status"] != "found"  # the upstream move did not do it
     assert n2["bisect"]["series"]["culprit_label"] == "e5-slow"
+    # validate's own row of the slow entry already named it (bisect = "unexplained", the default, stops there)
+    assert [n["entry"] for n in n2["named_by_validate"]] == ["e5-slow"], n2["named_by_validate"]
     assert 'base = "v1.1.0"' in s.series.read_text()  # the series moved with the rebase
     md = (s.root / ".vpatch/nightly/report/summary.md").read_text()
     assert "cpu_ms" in md
