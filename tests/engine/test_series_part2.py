@@ -24,7 +24,8 @@ PATCHES = REPO_ROOT / "patches"
 KERNEL_CHECKS = {
     "moe-int4-wvsplitk": (["moe_int4_wvsplitk.py"], "shared-experts-stream-gate"),
     "fused-moe-hybrid-w4a16": (["fused_moe_hybrid_w4a16.py"], "moe-int4-wvsplitk"),
-    "fused-moe-hybrid-prefill-tiles": (["fused_moe_hybrid_prefill_tiles.py"], "fused-moe-hybrid-w4a16"),
+    "moe-int4-bf16-dequant": (["moe_int4_bf16_dequant.py"], "fused-moe-hybrid-w4a16"),
+    "fused-moe-hybrid-prefill-tiles": (["fused_moe_hybrid_prefill_tiles.py"], "moe-int4-bf16-dequant"),
     "moe-int4-tune": (["moe_int4_tune.py"], "fused-moe-hybrid-prefill-tiles"),
     "moe-int4-dot2": (["moe_int4_dot2.py"], "moe-int4-tune"),
     "dense-wvsplitk-n1-tune": (["dense_wvsplitk_n1_tune.py"], "moe-int4-dot2"),
@@ -38,7 +39,8 @@ KERNEL_CHECKS = {
     "moe-megakernel-fuse-silu": (["moe_megakernel_binding.py", "--fuse-silu"], "moe-megakernel-achunk-32"),
 }
 NEEDS_GXX = ("moe_int4_tune.py", "dense_wvsplitk_n1_tune.py", "moe_megakernel_cfg.py")
-NEEDS_HIPCC = ("moe_int4_dot2.py",)  # a gfx1100 device build (Debian's hipcc, ci/install_hip.sh)
+# a gfx1100 device build (Debian's hipcc, ci/install_hip.sh)
+NEEDS_HIPCC = ("moe_int4_dot2.py", "moe_int4_bf16_dequant.py")
 
 
 def _series() -> dict:
@@ -79,6 +81,7 @@ def test_claims_are_measured_pairs():
     assert ("kernel:moe_gemm1", 79.7, 76.0) in pairs and ("kernel:moe_gemm2", 47.6, 43.0) in pairs
     assert ("kernel:moe_gemm1", 75.0, 66.4) in pairs and ("kernel:moe_gemm2", 47.0, 40.4) in pairs  # dot2
     assert ("tpot", 14.20, 13.88) in pairs and ("ttft", 278, 251) in pairs and ("ttft", 250, 246) in pairs
+    assert ("tpot", 15.11, 14.74) in pairs  # the bf16 marlin-style dequant
     assert not any(m == "kernel:moe_gemm1" and a == 66.4 and b == 79.7 for m, b, a in pairs)
 
 
@@ -179,3 +182,5 @@ def test_check_passes_on_its_prefix_and_fails_before(runtime28, prefix_trees, ei
         assert "SIGFPE" in r.stdout  # the old mindiv() divides by zero with 4 waves
     if eid == "moe-int4-dot2":
         assert "v_dot2_f32_bf16 0," in r.stdout  # the scalar fp32 dot before the entry
+    if eid == "moe-int4-bf16-dequant":
+        assert "v_and_or_b32 0" in r.stdout  # the scalar per-nibble dequant before the entry
