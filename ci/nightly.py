@@ -123,6 +123,17 @@ def named_by_validate(validate: dict | None, metric: str, threshold_pct: float) 
     return named
 
 
+def corroborated(cmp: dict | None, named: list[dict], threshold_pct: float) -> bool:
+    """A comparison of tops that is not significant on its own still flags the night when its point change is
+    worse by at least the threshold and validate's own rows (paired, this night, significant) name an entry
+    worse by at least the threshold: two measurements agree on a regression of that size (pure). An entry
+    that was already slow last night does not flag every night: the tops then compare near zero."""
+    if not cmp or not named or cmp.get("change_pct") is None:
+        return False
+    change = float(cmp["change_pct"])
+    return (change if cmp.get("lower_is_better", True) else -change) >= threshold_pct
+
+
 def only_conflicts(check: dict) -> bool:
     """True when what needs a human in a check result is only text conflicts (which a recorded resolution may
     cover), not an obsolete entry, a missing effect or broken Python (pure)."""
@@ -291,6 +302,12 @@ def run(root: Path, series_path: Path, state_dir: Path, *, upstream: str | None,
             out.setdefault("compare", {})[m] = cmp
             if decide_compare(cmp, threshold_pct) == "regression":
                 regression = m
+                break
+            if corroborated(cmp, named_by_validate(out.get("validate"), m, threshold_pct), threshold_pct):
+                regression = m
+                out["regression_basis"] = (
+                    f"{m}: the tops compare {float((cmp or {}).get('change_pct') or 0):+.1f} % (not significant on its "
+                    f"own: {(cmp or {}).get('verdict')}), and validate's rows name an entry worse by >= {threshold_pct:g} %")
                 break
     if regression is None:
         return done(CLEAN, "clean")

@@ -31,6 +31,8 @@ def render(d):
     for s in d.get("stages", []):
         mark = "[green]✓[/]" if s["rc"] == 0 else "[red]✗[/]"
         output.say(f"  {mark} {s['name']:<9} {s['seconds']:7.1f} s" + (f"  {escape(s['error'] or '')}" if s["rc"] else ""))
+    if d.get("regression_basis"):
+        output.say(f"  regression: {escape(d['regression_basis'])}")
     for n in d.get("named_by_validate") or []:
         output.say(f"[bold red]culprit (validate):[/] {escape(str(n['entry']))}  {escape(str(n.get('describe') or ''))}")
     for kind, r in (d.get("bisect") or {}).items():

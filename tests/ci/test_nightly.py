@@ -12,7 +12,7 @@ import pytest
 from conftest import SeriesDir, git, make_patch
 from workloads import N0, WORK, workload_project
 
-from vpatch.ci.nightly import decide_compare, named_by_validate, names_regression
+from vpatch.ci.nightly import corroborated, decide_compare, named_by_validate, names_regression
 
 
 def test_decide_compare_pure():
@@ -46,6 +46,19 @@ def test_named_by_validate_only_worse_rows_at_the_threshold_pure():
     assert [n["entry"] for n in named_by_validate(v, "tpot", 10.0)] == ["b", "c"]
     assert named_by_validate(v, "ttft", 1.0) == [] and named_by_validate(None, "tpot", 1.0) == []
     assert named_by_validate(v, "tpot", 30.0)[0]["boots"] == [4, 4]
+
+
+def test_an_unknown_comparison_of_tops_counts_when_validate_names_an_entry_pure():
+    # the CPU-engine nightly, 2026-12-03: tops +234 %, CI +46...+663 %, p 0.04 at 4 + 4 boots ("unknown"), while
+    # the slow entry's own row read +288 %, p 0.0011: a regression
+    cmp = {"verdict": "unknown", "change_pct": 233.5, "lower_is_better": True}
+    named = [{"entry": "slow", "change_pct": 287.8}]
+    assert corroborated(cmp, named, 30.0)
+    assert not corroborated(cmp, [], 30.0)  # nothing named: the unknown comparison stays no regression
+    assert not corroborated({**cmp, "change_pct": 12.0}, named, 30.0)  # the tops moved less than the threshold
+    assert not corroborated({**cmp, "change_pct": -50.0}, named, 30.0)  # ... or the better way
+    assert corroborated({**cmp, "change_pct": -50.0, "lower_is_better": False}, named, 30.0)  # accuracy-like metric
+    assert not corroborated(None, named, 30.0)
 
 
 @pytest.mark.timeout(1200)
