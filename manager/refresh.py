@@ -169,7 +169,13 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
                 new_aot.append(tables[i])
             doc["entry"] = new_aot
         text = tomlkit.dumps(doc)
-        if text != series.path.read_text(encoding="utf-8"):
+        old_text = series.path.read_text(encoding="utf-8")
+        if new_order != old_order:
+            # tomlkit keeps each table's trailing blank line and adds its own between tables of a new array:
+            # one blank line before each [[entry]] again, and the file's own ending
+            text = re.sub(r"\n{3,}(?=\[\[entry\]\])", "\n\n", text).rstrip("\n")
+            text += "\n" * max(1, len(old_text) - len(old_text.rstrip("\n")))
+        if text != old_text:
             atomic.write_text(series.path, text)
             changed_files.append(str(series.path))
         return {"changed": changed_files, "added": added, "order_changed": new_order != old_order,
