@@ -4,7 +4,7 @@ each kernel-side entry's effect check passes on its prefix and fails on the pref
 
 Markers: `vllm` (vpatch apply of the full series, ~10 s with the release repo cached), `venv`
 (the checks run in part 1's python-only v0.28.0 runtime with each prefix tree first on sys.path;
-~14 min on this 2-core machine at load 20-30, 24 check runs).
+~14 min on this 2-core machine at load 20-30, 24 check runs then; 28 since moe-int4-bf16-dequant).
 """
 from __future__ import annotations
 
