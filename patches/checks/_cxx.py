@@ -1,4 +1,5 @@
-"""Compile and run a small host program against the tree's torch-free C++ headers (g++)."""
+"""Compile and run a small host program against the tree's torch-free C++ headers (g++), or compile HIP
+device code for gfx11 to its ISA (hipcc)."""
 from __future__ import annotations
 
 import os
@@ -50,3 +51,39 @@ def rocm_sources() -> Path | None:
         print("ERROR: no C++ compiler (g++) on PATH")
         return None
     return rocm
+
+
+HIP_BITCODE_DIRS = ("/usr/lib/x86_64-linux-gnu/amdgcn/bitcode", "/opt/rocm/amdgcn/bitcode")
+HIP_BITCODE_LIBS = ("ockl", "ocml", "oclc_wavefrontsize64_off", "oclc_abi_version_400", "hip")
+
+
+def hipcc() -> str | None:
+    return shutil.which("hipcc") or ("/opt/rocm/bin/hipcc" if os.access("/opt/rocm/bin/hipcc", os.X_OK) else None)
+
+
+def _hip_bitcode() -> list[str]:
+    """Debian's device libraries linked by hand (its hipcc does not find them itself); [] under ROCm."""
+    for d in HIP_BITCODE_DIRS:
+        if all(Path(d, f"{lib}.bc").is_file() for lib in HIP_BITCODE_LIBS):
+            out = ["-nogpulib"]
+            for lib in HIP_BITCODE_LIBS:
+                out += ["-Xclang", "-mlink-builtin-bitcode", "-Xclang", str(Path(d, f"{lib}.bc"))]
+            return out
+    return []
+
+
+def hip_device_asm(hip: str, source: str, include_dir: Path, *, arch: str = "gfx1100",
+                   prefix: str = "vpatch-hip-") -> tuple[int, str]:
+    """Compile ``source`` (HIP) for ``arch``, device code only: (0, its ISA text), or (hipcc's exit code, the
+    tail of its output)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        (d / "inst.hip").write_text(source)
+        r = subprocess.run([hip, "-std=c++17", "-O3", f"--offload-arch={arch}", *_hip_bitcode(), "-I", str(include_dir),
+                            "--cuda-device-only", "-S", str(d / "inst.hip"), "-o", str(d / "inst.s")],
+                           capture_output=True, text=True, timeout=900, env={**os.environ, "HIP_PLATFORM": "amd"})
+        if r.returncode != 0:
+            return r.returncode, (r.stdout + r.stderr)[-3000:]
+        return 0, (d / "inst.s").read_text()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

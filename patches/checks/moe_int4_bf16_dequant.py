@@ -6,14 +6,9 @@ Exit 0: pass; 1: fail; 2: the check could not run (no vLLM, no hipcc).
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
-from _cxx import vllm_tree
+from _cxx import hip_device_asm, hipcc, vllm_tree
 from _scope import announce, verdict
 
 COVERS = [
@@ -26,8 +21,6 @@ CANNOT = [
     "the kernel's speed or the TPOT on gfx11 (no gfx11 GPU); gfx1151 (Debian's clang 15 cannot target "
     "it; gfx1100 runs the same dequant code)",
 ]
-BITCODE_DIRS = ("/usr/lib/x86_64-linux-gnu/amdgcn/bitcode", "/opt/rocm/amdgcn/bitcode")
-BITCODE_LIBS = ("ockl", "ocml", "oclc_wavefrontsize64_off", "oclc_abi_version_400", "hip")
 YTILE, A_CHUNK, UNRL = 2, 16, 4
 NIBBLES = YTILE * UNRL * A_CHUNK  # weights dequantised per step of the kernel's k loop
 ARGS = ("(int,int,const uint32_t*,const bf16_t*,const bf16_t*,bf16_t*,const float*,const int32_t*,"
@@ -35,16 +28,6 @@ ARGS = ("(int,int,const uint32_t*,const bf16_t*,const bf16_t*,bf16_t*,const floa
 INST = ('#include "moe_wvsplitk_int4.cuh"\nnamespace vllm_moe_int4 {\n'
         f"template __global__ void moe_wvSplitK_int4_kernel<bf16_t,32,{YTILE},4,{A_CHUNK},{UNRL},1,128,8192,true>"
         f"{ARGS};\n}}\n")
-
-
-def _bitcode() -> list[str]:
-    for d in BITCODE_DIRS:
-        if all(Path(d, f"{lib}.bc").is_file() for lib in BITCODE_LIBS):
-            out = ["-nogpulib"]
-            for lib in BITCODE_LIBS:
-                out += ["-Xclang", "-mlink-builtin-bitcode", "-Xclang", str(Path(d, f"{lib}.bc"))]
-            return out
-    return []
 
 
 def _count(isa: str, name: str) -> int:
@@ -59,25 +42,17 @@ def main() -> int:
     except Exception as e:
         print(f"ERROR: cannot import vLLM: {type(e).__name__}: {e}")
         return 2
-    hipcc = shutil.which("hipcc") or ("/opt/rocm/bin/hipcc" if os.access("/opt/rocm/bin/hipcc", os.X_OK) else None)
-    if hipcc is None:
+    hip = hipcc()
+    if hip is None:
         print("ERROR: no hipcc (apt-get install -y --no-install-recommends hipcc rocm-device-libs)")
         return 2
     header = rocm / "moe_wvsplitk_int4.cuh"
     if not header.is_file():
         return verdict([f"no {header.name} in {rocm}: the MoE int4 GEMV is not in this tree"], "")
-    d = Path(tempfile.mkdtemp(prefix="vpatch-bf16-dequant-"))
-    try:
-        (d / "inst.hip").write_text(INST)
-        r = subprocess.run([hipcc, "-std=c++17", "-O3", "--offload-arch=gfx1100", *_bitcode(), "-I", str(rocm),
-                            "--cuda-device-only", "-S", str(d / "inst.hip"), "-o", str(d / "inst.s")],
-                           capture_output=True, text=True, timeout=900, env={**os.environ, "HIP_PLATFORM": "amd"})
-        if r.returncode != 0:
-            print((r.stdout + r.stderr)[-3000:])
-            return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {r.returncode})"], "")
-        isa = (d / "inst.s").read_text()
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    rc, isa = hip_device_asm(hip, INST, rocm, prefix="vpatch-bf16-dequant-")
+    if rc != 0:
+        print(isa)
+        return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {rc})"], "")
     bfe = _count(isa, "bfe_u32")
     cvt = _count(isa, r"cvt_f32_(?:i32|ubyte[0-3])")
     and_or = _count(isa, "and_or_b32")

@@ -5,14 +5,9 @@ Exit 0: pass; 1: fail; 2: the check could not run (no vLLM, no hipcc).
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
-from _cxx import vllm_tree
+from _cxx import hip_device_asm, hipcc, vllm_tree
 from _scope import announce, verdict
 
 COVERS = [
@@ -24,22 +19,10 @@ CANNOT = [
     "the kernel's speed on gfx11 (bench_moe_int4.py on a gfx11 GPU); gfx1151 (Debian's clang 15 "
     "cannot target it; gfx1100 has the same dot instructions)",
 ]
-BITCODE_DIRS = ("/usr/lib/x86_64-linux-gnu/amdgcn/bitcode", "/opt/rocm/amdgcn/bitcode")
-BITCODE_LIBS = ("ockl", "ocml", "oclc_wavefrontsize64_off", "oclc_abi_version_400", "hip")
 ARGS = ("(int,int,const uint32_t*,const bf16_t*,const bf16_t*,bf16_t*,const float*,const int32_t*,"
         "const int32_t*,const int32_t*,int,int,int)")
 INST = ('#include "moe_wvsplitk_int4.cuh"\nnamespace vllm_moe_int4 {\n'
         f"template __global__ void moe_wvSplitK_int4_kernel<bf16_t,32,2,4,16,4,1,128,8192,true>{ARGS};\n}}\n")
-
-
-def _bitcode() -> list[str]:
-    for d in BITCODE_DIRS:
-        if all(Path(d, f"{lib}.bc").is_file() for lib in BITCODE_LIBS):
-            out = ["-nogpulib"]
-            for lib in BITCODE_LIBS:
-                out += ["-Xclang", "-mlink-builtin-bitcode", "-Xclang", str(Path(d, f"{lib}.bc"))]
-            return out
-    return []
 
 
 def main() -> int:
@@ -49,25 +32,17 @@ def main() -> int:
     except Exception as e:
         print(f"ERROR: cannot import vLLM: {type(e).__name__}: {e}")
         return 2
-    hipcc = shutil.which("hipcc") or ("/opt/rocm/bin/hipcc" if os.access("/opt/rocm/bin/hipcc", os.X_OK) else None)
-    if hipcc is None:
+    hip = hipcc()
+    if hip is None:
         print("ERROR: no hipcc (apt-get install -y --no-install-recommends hipcc rocm-device-libs)")
         return 2
     header = rocm / "moe_wvsplitk_int4.cuh"
     if not header.is_file():
         return verdict([f"no {header.name} in {rocm}: the MoE int4 GEMV is not in this tree"], "")
-    d = Path(tempfile.mkdtemp(prefix="vpatch-dot2-"))
-    try:
-        (d / "inst.hip").write_text(INST)
-        r = subprocess.run([hipcc, "-std=c++17", "-O3", "--offload-arch=gfx1100", *_bitcode(), "-I", str(rocm),
-                            "--cuda-device-only", "-S", str(d / "inst.hip"), "-o", str(d / "inst.s")],
-                           capture_output=True, text=True, timeout=900, env={**os.environ, "HIP_PLATFORM": "amd"})
-        if r.returncode != 0:
-            print((r.stdout + r.stderr)[-3000:])
-            return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {r.returncode})"], "")
-        isa = (d / "inst.s").read_text()
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    rc, isa = hip_device_asm(hip, INST, rocm, prefix="vpatch-dot2-")
+    if rc != 0:
+        print(isa)
+        return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {rc})"], "")
     dots = len(re.findall(r"^\s*v_dot2_f32_bf16\b", isa, re.M))
     muls = len(re.findall(r"\bv_(?:dual_)?(?:mul|fma|fmac)_f32\b", isa))
     print(f"gfx1100 bf16 GEMV: v_dot2_f32_bf16 {dots}, fp32 mul/fma/fmac (VOPD halves too) {muls}")
