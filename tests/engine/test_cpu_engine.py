@@ -57,7 +57,7 @@ def test_build_cpu_of_the_shipped_series(shipped28, part1_cache):
                          env={"PATH": "/usr/bin:/bin", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HOME": str(Path.home())})
     assert out.returncode == 0 and "0.28.0+cpu" in out.stdout, out.stderr[-2000:]
     # and `vllm serve` from it comes up (its engine core is a spawned process: the script must guard main)
-    _serve_until_healthy(rec["vllm_cli"], part1_cache.parent)
+    _serve_until_healthy(rec["vllm_cli"], part1_cache.parent, shipped28 / "serve.log")
     # a second build of the same tree does no work; an earlier prefix costs no wheel work
     again = run_vpatch(shipped28, "--json", "build", "--target", "cpu", env=env).json["record"]
     assert again["action"] == "reuse" and again["duration_s"] < 5
@@ -67,49 +67,20 @@ def test_build_cpu_of_the_shipped_series(shipped28, part1_cache):
     assert earlier.json["record"]["phases"]["engine"] < 5
 
 
-def _serve_until_healthy(cli: str, cache: Path, timeout: float = 900.0) -> None:
-    """Start ``cli serve`` on the local tiny model with vLLM's multiprocessing on, wait for /health, stop it."""
-    import os
-    import signal
-    import socket
-    import tempfile
-    import time
-    import urllib.request
-
+def _serve_until_healthy(cli: str, cache: Path, log: Path, timeout: float = 900.0) -> None:
+    """Start ``cli serve`` on the local tiny model with vLLM's multiprocessing on, wait for /health, stop it
+    (the runners' own Server: it raises with the log's tail when the server dies first)."""
+    from vpatch.validation.runners.process import Server, free_port
     from vpatch.validation.tinymodel import ensure_tiny_model
 
     model = ensure_tiny_model("qwen3-moe", cache / "models")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    proc = subprocess.Popen([cli, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                             "--max-model-len", "256", "--max-num-seqs", "2", "--enforce-eager"],
-                            env=env, stdout=(log := tempfile.TemporaryFile()), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise AssertionError(log.read().decode(errors="replace")[-3000:])
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        raise AssertionError(f"vllm serve from {cli} not healthy after {timeout:.0f} s")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+    argv = [cli, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+            "--max-model-len", "256", "--max-num-seqs", "2", "--enforce-eager"]
+    with Server(argv, port, log, env=env, readiness_timeout_s=timeout) as server:
+        assert server.ready_after_s is not None
 
 
 def test_check_checks_run_in_the_cpu_build_where_present(part1_cache, release_repo, tmp_path):  # noqa: F811
