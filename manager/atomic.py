@@ -4,7 +4,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,8 @@ def write_bytes(path: Path, data: bytes, mode: int | None = None, *, fsync: bool
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path)
+    import tempfile  # on first write: read-only commands (`status`, `lint`) never need it
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

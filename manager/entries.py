@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,8 @@ class PatchInfo:
 
 def parse_patch(path: Path, git: Git) -> PatchInfo:
     """Split a format-patch file into author, date, message and diff with ``git mailinfo``."""
+    import tempfile  # lazily: `status` imports this module, and tempfile pulls in shutil and random
+
     with tempfile.TemporaryDirectory(prefix="vpatch-mailinfo-") as tmp:
         msg, patch = Path(tmp) / "msg", Path(tmp) / "patch"
         out = git.run("mailinfo", "--encoding=UTF-8", str(msg), str(patch), input=Path(path).read_bytes()).out
@@ -180,6 +181,8 @@ def apply_patch_entry(ws: Workspace, series: Series, entry: Entry, digest: str) 
     info, message = patch_message(ws, series, entry, digest)
     if not info.diff.strip():
         return Outcome("empty", detail="the patch has no diff", message=message)
+    import tempfile
+
     with tempfile.NamedTemporaryFile("w", suffix=".diff", delete=False) as tmp:
         tmp.write(info.diff)
         diff_path = tmp.name

@@ -2,7 +2,6 @@
 with a stable form (zero commit id, no signature), so a round trip changes no byte."""
 from __future__ import annotations
 
-import email.utils
 from pathlib import Path
 
 from .entries import identity_env, parse_patch
@@ -46,6 +45,8 @@ def same_patch(g: Git, a: Path | bytes, b: Path | bytes) -> bool:
         else:
             infos.append(parse_patch(Path(x), g))
     ia, ib = infos
+
+    import email.utils  # here, not at the top: `status` imports this module and never compares dates
 
     def when(d: str):
         try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from .. import output
 from ..errors import CommandResult
@@ -12,39 +11,41 @@ from ._common import pass_ctx, series_of
 
 
 def render(d: dict) -> None:
-    output.say(f"[bold]series[/] {d['series']}  base {d['base']}  source {d['source']}")
+    """Plain text, no rich: `status` is the command typed most, and rich's import and table cost a third of it."""
+    bold, echo, paint = ("bold",), output.echo, output.paint
+    echo(f"{paint('series', *bold)} {d['series']}  base {d['base']}  source {d['source']}")
     if not d["exists"] and d.get("foreign"):
-        output.say(f"[yellow]no workspace at {d['workspace']}[/]: the folder is neither a git checkout nor empty, "
-                   "so `vpatch apply` refuses it (pass --workspace a new folder)")
+        echo(f"{paint('no workspace at ' + str(d['workspace']), 'yellow')}: the folder is neither a git checkout nor "
+             "empty, so `vpatch apply` refuses it (pass --workspace a new folder)")
     elif not d["exists"]:
-        output.say(f"no workspace yet at {d['workspace']} (`vpatch apply` creates it)")
+        echo(f"no workspace yet at {d['workspace']} (`vpatch apply` creates it)")
     else:
-        output.say(f"[bold]workspace[/] {d['workspace']}  branch {d['branch'] or '(detached)'}  "
-                   f"head {(d['head'] or '')[:10]}  tree {(d['tree'] or '')[:10]}")
+        echo(f"{paint('workspace', *bold)} {d['workspace']}  branch {d['branch'] or '(detached)'}  "
+             f"head {(d['head'] or '')[:10]}  tree {(d['tree'] or '')[:10]}")
         if d.get("operation"):
             op = d["operation"]
             cur = (op.get("current") or {}).get("id")
-            output.say(f"[bold red]{op['op']} in progress[/]" + (f", stopped at {cur}" if cur else "")
-                       + f": {len(op['todo'])} entries to go — `vpatch continue`, `skip` or `abort`")
+            echo(paint(f"{op['op']} in progress", "bold", "red") + (f", stopped at {cur}" if cur else "")
+                 + f": {len(op['todo'])} entries to go — `vpatch continue`, `skip` or `abort`")
         for lk in d.get("git_locks") or []:
-            output.say(f"[bold red]git lock[/] {lk['path']}: " + (
+            echo(f"{paint('git lock', 'bold', 'red')} {lk['path']}: " + (
                 f"stale ({lk['why']}): the next vpatch command that changes the workspace removes it"
                 if lk["stale"] else f"in use ({lk['why']})"))
         if d.get("dirty"):
-            output.say(f"[yellow]uncommitted changes:[/] {len(d['dirty'])} files")
+            echo(f"{paint('uncommitted changes:', 'yellow')} {len(d['dirty'])} files")
         if d.get("last_build"):
             b = d["last_build"]
-            output.say(f"last build of this tree: {b.get('status')} ({b.get('target')}, {b.get('when')})")
-    t = Table(box=None, header_style="bold")
-    for col in ("entry", "kind", "state", "detail"):
-        t.add_column(col)
-    colors = {"applied": "green", "pending": "white", "merged": "cyan", "skipped": "cyan", "conflict": "red"}
+            echo(f"last build of this tree: {b.get('status')} ({b.get('target')}, {b.get('when')})")
+    colours = {"applied": "green", "pending": "white", "merged": "cyan", "skipped": "cyan", "conflict": "red"}
+    rows, styles = [], []
     for r in d["entries"]:
         detail = r.get("reason") or ""
         if r["state"] == "applied":
             detail = f"{r['commit'][:10]} {r['sync']}"
-        t.add_row(r["id"], r["kind"], f"[{colors.get(r['state'], 'white')}]{r['state']}[/]", detail)
-    output.say(t)
+        rows.append([r["id"], r["kind"], r["state"], detail])
+        styles.append([(), (), (colours.get(r["state"], "white"),), ()])
+    for line in output.table_lines(["entry", "kind", "state", "detail"], rows, styles):
+        echo(line)
 
 
 @click.command("status")
