@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .context import Context
 from .series import Series, merged_at_or_before
-from .sync import sync_state
+from .sync import Memo, sync_state
 from .workspace import NEW_DIR, Workspace
 
 
@@ -30,8 +30,10 @@ def workspace_status(ctx: Context, series: Series) -> dict:
                  "workspace_source": binfo.get("source"), "dirty": g.status_porcelain(),
                  "operation": ws.operation(),
                  "git_locks": [lk.as_dict() for lk in ws.git_locks()]})
-    applied = {c.entry_id: c for c in ws.applied()} if binfo else {}
-    unknown = [c.sha for c in ws.applied() if c.entry_id is None] if binfo else []
+    commits = ws.applied() if binfo else []
+    applied = {c.entry_id: c for c in commits}
+    unknown = [c.sha for c in commits if c.entry_id is None]
+    memo = Memo(ws)
     skipped = ws.skipped(branch) if branch else {}
     op = data["operation"] or {}
     rows = []
@@ -40,7 +42,7 @@ def workspace_status(ctx: Context, series: Series) -> dict:
         if e.id in applied:
             c = applied[e.id]
             row.update(state="applied", commit=c.sha, tree=c.tree,
-                       sync=sync_state(ws, c, e, patches_dir, overlay_root))
+                       sync=sync_state(ws, c, e, patches_dir, overlay_root, memo))
         elif merged_at_or_before(e, base):
             row.update(state="merged", reason=f"merged upstream in {e.upstream.version} (base {base})")
         elif e.id in skipped:
@@ -51,7 +53,8 @@ def workspace_status(ctx: Context, series: Series) -> dict:
             row.update(state="pending")
         rows.append(row)
     known = set(series.ids())
-    for c in ws.applied() if binfo else []:
+    memo.save()
+    for c in commits:
         if c.entry_id and c.entry_id not in known:
             rows.append({"id": c.entry_id, "kind": "?", "state": "applied", "commit": c.sha, "tree": c.tree,
                          "sync": "new (not in the series: `vpatch refresh` adds it)"})

@@ -44,6 +44,30 @@ def test_reapply_keeps_commits_and_is_deterministic(three_entries, vp):
     assert git(ws_of(s), "rev-parse", "HEAD") == head
 
 
+def test_status_remembers_sync_answers_and_still_sees_an_edit(three_entries, vp, tmp_path):
+    """`status` keeps each applied commit's sync answer by (commit, entry digest) in .git/vpatch: a second
+    status asks git nothing about the entries (no patch-id), an amended commit is a new key and reads
+    `edited`, and a damaged memo is only a cache (same answers, no error)."""
+    s = three_entries
+    assert vp(s.root, "apply").rc == 0
+    ws = ws_of(s)
+
+    def status(trace: str) -> dict:
+        r = vp(s.root, "--json", "status", env={"GIT_TRACE": str(tmp_path / trace)})
+        assert r.rc == 0, r.err
+        return {e["id"]: e["sync"] for e in r.json["entries"]}
+
+    assert status("t1") == {"one": "in-sync", "ov": "in-sync", "two": "in-sync"}
+    assert "patch-id" in (tmp_path / "t1").read_text()
+    assert status("t2") == {"one": "in-sync", "ov": "in-sync", "two": "in-sync"}
+    assert "patch-id" not in (tmp_path / "t2").read_text() and "mailinfo" not in (tmp_path / "t2").read_text()
+    (ws / "src/b.py").write_text((ws / "src/b.py").read_text().replace("b 10 faster\n", "b 10 faster still\n"))
+    git(ws, "commit", "-q", "-a", "--amend", "--no-edit")
+    assert status("t3") == {"one": "in-sync", "ov": "in-sync", "two": "edited"}
+    (ws / ".git/vpatch/sync-memo.json").write_text("{not json")
+    assert status("t4") == {"one": "in-sync", "ov": "in-sync", "two": "edited"}
+
+
 def test_upto_and_status(three_entries, vp):
     s = three_entries
     assert vp(s.root, "apply", "--upto", "ov").rc == 0
