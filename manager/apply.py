@@ -17,7 +17,7 @@ from pathlib import Path
 from . import atomic, output
 from .entries import IndexOnly, Outcome, apply_overlay_entry, apply_patch_entry, commit
 from .errors import StoppedForConflict, WorkspaceError
-from .git import Git, run_git
+from .git import CatFile, Git, run_git
 from .state import StateError
 from .series import Entry, Series, merged_at_or_before
 from .sources import resolve_source
@@ -215,6 +215,7 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
     if not tip or tip == head or not g.run("merge-base", "--is-ancestor", head, tip, check=False).ok:
         tip = head
     fast = IndexOnly(ws, tip, op["branch"])
+    reader = CatFile(g)  # one cat-file process for every entry's Python files (pycheck)
     try:
         with output.progress(f"applying onto {op['base']}", total=total) as step:
             while op["todo"]:
@@ -239,11 +240,12 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
                     step.log(f"[red]✗[/] {eid}: conflict")
                     _stop(ws, op)
                 op["tip"] = fast.tip
-                _record(ws, op, eid, out)
+                _record(ws, op, eid, out, reader)
                 step.log(_line(eid, out))
                 step.advance(1)
         fast.materialize()
     finally:
+        reader.close()
         fast.close()
     return _finish(ws, op)
 
@@ -253,13 +255,13 @@ def _line(eid: str, out: Outcome) -> str:
     return f"{mark} {eid}: {out.result}" + (f" ({out.detail})" if out.detail and out.result != "clean" else "")
 
 
-def _record(ws: Workspace, op: dict, eid: str, out: Outcome) -> None:
+def _record(ws: Workspace, op: dict, eid: str, out: Outcome, reader: CatFile | None = None) -> None:
     op["todo"].pop(0)
     op["current"] = None
     rec: dict[str, Any] = {"id": eid, "result": out.result, "commit": out.commit, "detail": out.detail}
     if out.commit:  # broken Python a merge left behind (manager/pycheck.py), reported on the entry
         from .pycheck import commit_findings, describe
-        if found := commit_findings(ws.git, out.commit):
+        if found := commit_findings(ws.git, out.commit, reader, out.paths):
             rec["pycheck"] = found
             output.say(f"[red]![/] {eid}: {describe(found)}")
     op["done"].append(rec)

@@ -23,6 +23,7 @@ class Outcome:
     commit: str | None = None
     detail: str = ""
     conflicts: list[dict] = field(default_factory=list)  # {file, lines: [..]} or {file, rejected_hunks}
+    paths: list[str] | None = None  # where the commit leaves files (from the patch), when known without git
     message: dict | None = None  # what the commit will carry (kept in the state while stopped)
 
 
@@ -55,6 +56,52 @@ def parse_patch(path: Path, git: Git) -> PatchInfo:
         return PatchInfo(fields.get("Author", ""), fields.get("Email", ""), fields.get("Date", ""),
                          fields.get("Subject", path.stem), msg.read_text(errors="surrogateescape"),
                          patch.read_text(errors="surrogateescape"))
+
+
+def new_paths(diff: str) -> list[str] | None:
+    """The paths a git diff leaves a file at (added, modified, mode-changed, renamed or copied to; not
+    deleted), sorted: what ``diff-tree --no-renames`` of the commit that applies it lists, less deletions.
+    None where the text cannot say for sure (a quoted path, a binary patch): ask git then."""
+    paths: set[str] = set()
+    sections: list[dict] = []
+    header = False  # in a file section's header lines (before its first hunk)
+    for line in diff.split("\n"):
+        if line.startswith("diff --git "):
+            rest = line[len("diff --git "):]
+            n = (len(rest) - 5) // 2  # "a/P b/P": the same path on both sides (a mode change, a new empty file)
+            same = rest[2:2 + n] if n > 0 and rest == f"a/{rest[2:2 + n]} b/{rest[2:2 + n]}" else None
+            sections.append({"header_path": same, "path": None, "deleted": False})
+            header = True
+            continue
+        if not header:
+            continue
+        sec = sections[-1]
+        if line.startswith("@@"):
+            header = False
+        elif line.startswith(("GIT binary patch", "Binary files ")):
+            return None
+        elif line.startswith("deleted file mode "):
+            sec["deleted"] = True
+        elif line.startswith(("+++ ", "rename to ", "copy to ")):
+            path = line[4:] if line.startswith("+++ ") else line.split(" ", 2)[-1]
+            if path.startswith('"'):
+                return None
+            if line.startswith("+++ "):
+                if path == "/dev/null":
+                    sec["deleted"] = True
+                    continue
+                if not path.startswith("b/"):
+                    return None
+                path = path[2:].removesuffix("\t")  # git ends a name that has a space with a tab here
+            sec["path"] = path
+    for sec in sections:
+        if sec["deleted"]:
+            continue
+        path = sec["path"] or sec["header_path"]
+        if path is None:
+            return None
+        paths.add(path)
+    return sorted(paths)
 
 
 def identity_env(name: str, email: str, date: str) -> dict[str, str]:
@@ -164,7 +211,7 @@ class IndexOnly:
                          input=cleanup_message(message["text"])).out
         self.tip = self.loaded = sha
         self._known_trees[sha] = tree
-        return Outcome("clean", commit=sha, message=message)
+        return Outcome("clean", commit=sha, message=message, paths=new_paths(info.diff))
 
     def materialize(self) -> None:
         """Branch, HEAD, index and work tree to the tip (no -f: edits made meanwhile are never overwritten)."""

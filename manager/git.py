@@ -156,9 +156,76 @@ class Git:
         parts = [p for p in out.split("\x00") if p]
         return [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
 
+    def read_blobs_once(self, specs: list[str]) -> list[bytes | None]:
+        """``git cat-file --batch`` of ``specs`` in one process of its own; None where missing."""
+        if not specs:
+            return []
+        raw = self.run_bytes("cat-file", "--batch", input=("\n".join(specs) + "\n").encode("utf-8", "surrogateescape"))
+        out: list[bytes | None] = []
+        pos = 0
+        for _ in specs:
+            nl = raw.index(b"\n", pos)
+            header = raw[pos:nl].split()
+            pos = nl + 1
+            if not header or header[-1] == b"missing" or len(header) != 3:
+                out.append(None)
+                continue
+            size = int(header[2])
+            out.append(raw[pos:pos + size])
+            pos += size + 1
+        return out
+
     def patch_id(self, diff_text: str) -> str | None:
         out = self.run("patch-id", "--stable", input=diff_text).out
         return out.split()[0] if out else None
+
+
+class CatFile:
+    """One ``git cat-file --batch`` process kept open for many reads (an `apply` reads the Python files of every
+    entry's commit: one process for the run instead of one per entry). Objects written after it started are
+    found too (git looks loose objects up on each request). Close it, or use it as a context manager."""
+
+    def __init__(self, g: Git):
+        self._proc: subprocess.Popen | None = None
+        self._g = g
+
+    def read(self, specs: list[str]) -> list[bytes | None]:
+        """The contents of ``specs`` (``<rev>:<path>`` or object ids); None where missing or not a blob."""
+        if any("\n" in s for s in specs):  # cannot go on one batch line: one-shot process
+            return self._g.read_blobs_once(specs)
+        if self._proc is None:
+            self._proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=self._g.path, env=_env(None),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        out: list[bytes | None] = []
+        for spec in specs:
+            self._proc.stdin.write(spec.encode("utf-8", "surrogateescape") + b"\n")
+            self._proc.stdin.flush()
+            header = self._proc.stdout.readline()
+            if not header:
+                raise GitError(f"git cat-file --batch ended early in {self._g.path}")
+            parts = header.split()
+            if len(parts) != 3 or parts[-1] == b"missing":
+                out.append(None)  # "<spec> missing" / "<spec> ambiguous"
+                continue
+            out.append(self._proc.stdout.read(int(parts[2]) + 1)[:-1])
+        return out
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> CatFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Scratch:

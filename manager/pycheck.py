@@ -140,35 +140,27 @@ def describe(found: list[dict]) -> str:
 
 
 # --- reading the two sides from git ---------------------------------------------------------------
-def read_blobs(g, specs: list[str]) -> list[bytes | None]:
-    """``git cat-file --batch`` of ``specs`` (``<rev>:<path>`` or blob shas) in one process; None where missing."""
+def read_blobs(g, specs: list[str], reader=None) -> list[bytes | None]:
+    """The contents of ``specs`` (``<rev>:<path>`` or blob shas), through ``reader`` (a :class:`~.git.CatFile`
+    kept open by the caller) or one ``git cat-file --batch`` process; None where missing."""
     if not specs:
         return []
-    raw = g.run_bytes("cat-file", "--batch", input=("\n".join(specs) + "\n").encode())
-    out: list[bytes | None] = []
-    pos = 0
-    for _ in specs:
-        nl = raw.index(b"\n", pos)
-        header = raw[pos:nl].split()
-        pos = nl + 1
-        if not header or header[-1] == b"missing" or len(header) != 3:
-            out.append(None)
-            continue
-        size = int(header[2])
-        out.append(raw[pos:pos + size])
-        pos += size + 1
-    return out
+    return reader.read(specs) if reader is not None else g.read_blobs_once(specs)
 
 
-def commit_findings(g, sha: str) -> list[dict]:
-    """The findings an entry's commit added to the Python files it touches (against its first parent)."""
-    out = g.run("diff-tree", "-r", "--no-commit-id", "--name-status", "--no-renames", "-z", f"{sha}^", sha,
-                strip=False, check=False).out
-    parts = [p for p in out.split("\0") if p]
-    paths = [parts[i + 1] for i in range(0, len(parts) - 1, 2) if parts[i] != "D" and parts[i + 1].endswith(".py")]
+def commit_findings(g, sha: str, reader=None, touched: list[str] | None = None) -> list[dict]:
+    """The findings an entry's commit added to the Python files it touches (against its first parent);
+    ``reader``: a :class:`~.git.CatFile` to read them through; ``touched``: the paths the commit leaves
+    files at, when the caller knows them (the patch it applied), else git's diff-tree says."""
+    if touched is None:
+        out = g.run("diff-tree", "-r", "--no-commit-id", "--name-status", "--no-renames", "-z", f"{sha}^", sha,
+                    strip=False, check=False).out
+        parts = [p for p in out.split("\0") if p]
+        touched = [parts[i + 1] for i in range(0, len(parts) - 1, 2) if parts[i] != "D"]
+    paths = [p for p in touched if p.endswith(".py")]
     if not paths:
         return []
-    blobs = read_blobs(g, [f"{sha}^:{p}" for p in paths] + [f"{sha}:{p}" for p in paths])
+    blobs = read_blobs(g, [f"{sha}^:{p}" for p in paths] + [f"{sha}:{p}" for p in paths], reader)
     found: list[Finding] = []
     for i, p in enumerate(paths):
         found += added(p, blobs[i], blobs[len(paths) + i])

@@ -76,3 +76,68 @@ def test_findings_are_cached_by_text_under_the_cache_folder(tmp_path, monkeypatc
     monkeypatch.setattr(pycheck, "_MEMO", {})
     assert findings("a/one.py", text) == first
     assert json.loads(entries[0].read_text()) == [[f.line, f.kind, f.message] for f in first]
+
+
+def test_one_cat_file_process_reads_what_later_commits_add(tmp_path):
+    """apply reads every entry's Python files through one `git cat-file --batch` kept open: objects written
+    after it started must be found, a missing path reads as None, and it answers like the one-shot read."""
+    from conftest import git
+
+    from vpatch.manager.git import CatFile, Git
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.py").write_text("a = 1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    g = Git(repo)
+    with CatFile(g) as reader:
+        assert reader.read(["HEAD:a.py", "HEAD:nope.py"]) == [b"a = 1\n", None]
+        (repo / "b.py").write_text("b = 2\n" * 5000)  # larger than a pipe buffer
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "two")
+        sha = git(repo, "rev-parse", "HEAD")
+        specs = [f"{sha}:b.py", f"{sha}^:b.py", f"{sha}:a.py"]
+        assert reader.read(specs) == g.read_blobs_once(specs) == [b"b = 2\n" * 5000, None, b"a = 1\n"]
+
+
+def test_paths_from_the_patch_are_the_ones_git_lists(tmp_path):
+    """apply's fast path takes the files to check from the patch it applied instead of a diff-tree per entry:
+    for added (also empty), modified, renamed, mode-changed and deleted files (format-patch with rename and copy
+    detection), the patch's paths are git's, less deletions; a quoted path or a binary patch says "ask git"."""
+    import os
+
+    from conftest import git
+
+    from vpatch.manager.entries import new_paths
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    body = "".join(f"line {i}\n" for i in range(40))
+    for name in ("b.py", "c.py", "d.py", "f.py", "g h.py", "pkg/k.py"):
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text(f"# {name}\n" + body)
+    (repo / "c.py").write_text("".join(f"other {i}\n" for i in range(40)))  # unlike the rest: stays a deletion
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    (repo / "a.py").write_text("new = 1\n")
+    (repo / "empty.py").write_text("")  # a new empty file: no +++ line, only the section header
+    (repo / "b.py").write_text((repo / "b.py").read_text() + "more\n")
+    (repo / "c.py").unlink()
+    os.rename(repo / "d.py", repo / "pkg" / "e.py")
+    (repo / "copy.py").write_text((repo / "pkg/k.py").read_text() + "x\n")
+    os.chmod(repo / "f.py", 0o755)
+    (repo / "g h.py").write_text("changed\n" + body)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "edit")
+    patch = git(repo, "format-patch", "-1", "--stdout", "-M", "-C", "--find-copies-harder", "HEAD")
+    assert "rename to pkg/e.py" in patch and "deleted file mode" in patch and "new file mode" in patch
+    listed = git(repo, "diff-tree", "-r", "--no-commit-id", "--name-status", "--no-renames", "HEAD^", "HEAD")
+    want = sorted(line.split("\t", 1)[1] for line in listed.splitlines() if not line.startswith("D"))
+    assert new_paths(patch) == want == ["a.py", "b.py", "copy.py", "empty.py", "f.py", "g h.py", "pkg/e.py"]
+    assert new_paths(patch.replace("+++ b/a.py", '+++ "b/a\\tb.py"')) is None
+    assert new_paths("diff --git a/x.bin b/x.bin\nindex 1..2 100644\nGIT binary patch\nliteral 3\n") is None
+    # a hunk line that looks like a header is content, not a path
+    assert "zzz.py" not in (new_paths(patch.replace("+more\n", "++++ b/zzz.py\n")) or [])
