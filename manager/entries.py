@@ -180,7 +180,10 @@ class IndexOnly:
     def __init__(self, ws: Workspace, tip: str, branch: str):
         self.ws, self.g, self.tip, self.branch = ws, ws.git, tip, branch
         self.index = ws.vp_dir / "fast-index"
-        self.env = {"GIT_INDEX_FILE": str(self.index)}
+        # index format 4 (path prefixes compressed): 30 % smaller for vLLM's 8.5k files (569 against 814 kB),
+        # so each `apply --cached` and `write-tree` reads, hashes and writes less: 18.4 against 19.4 ms a pair
+        # (medians of 40, interleaved, load 2.2)
+        self.env = {"GIT_INDEX_FILE": str(self.index), "GIT_INDEX_VERSION": "4"}
         self.loaded: str | None = None
         self._known_trees: dict[str, str] = {}  # commit -> tree of the commits made here (no git process to ask)
         for p in (self.index, self.index.with_name("fast-index.lock")):
