@@ -418,7 +418,8 @@ def run_triton_moe_gemm(
 
 # --- a minimal patched tree for the kernel tests and the gfx11 build ---------
 
-KERNEL_ENTRIES = ("moe-int4-wvsplitk", "fused-moe-hybrid-w4a16", "moe-int4-bf16-dequant", "moe-int4-dot2")
+KERNEL_ENTRIES = ("moe-int4-wvsplitk", "fused-moe-hybrid-w4a16", "moe-int4-bf16-dequant", "moe-int4-bf16-sub-nocanon",
+                  "moe-int4-dot2")
 # the megakernel's tuning steps, laid on top of the overlay (only their csrc/rocm/moe_* hunks)
 MEGA_STEP_ENTRIES = ("moe-megakernel-waves-8", "moe-megakernel-waves-12", "moe-megakernel-waves-16",
                      "moe-megakernel-achunk-32")

@@ -4,11 +4,12 @@ each kernel-side entry's effect check passes on its prefix and fails on the pref
 
 Markers: `vllm` (vpatch apply of the full series, ~10 s with the release repo cached), `venv`
 (the checks run in part 1's python-only v0.28.0 runtime with each prefix tree first on sys.path;
-~14 min on this 2-core machine at load 20-30, 24 check runs then; 28 since moe-int4-bf16-dequant).
+~14 min on this 2-core machine at load 20-30, 24 check runs then; 30 since moe-int4-bf16-sub-nocanon).
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -27,7 +28,8 @@ KERNEL_CHECKS = {
     "moe-int4-bf16-dequant": (["moe_int4_bf16_dequant.py"], "fused-moe-hybrid-w4a16"),
     "fused-moe-hybrid-prefill-tiles": (["fused_moe_hybrid_prefill_tiles.py"], "moe-int4-bf16-dequant"),
     "moe-int4-tune": (["moe_int4_tune.py"], "fused-moe-hybrid-prefill-tiles"),
-    "moe-int4-dot2": (["moe_int4_dot2.py"], "moe-int4-tune"),
+    "moe-int4-bf16-sub-nocanon": (["moe_int4_bf16_sub_nocanon.py"], "moe-int4-tune"),
+    "moe-int4-dot2": (["moe_int4_dot2.py"], "moe-int4-bf16-sub-nocanon"),
     "dense-wvsplitk-n1-tune": (["dense_wvsplitk_n1_tune.py"], "moe-int4-dot2"),
     "dense-w4a16-prefill-carveouts": (["dense_w4a16_prefill_carveouts.py"], "dense-wvsplitk-n1-tune"),
     "moe-megakernel-binding": (["moe_megakernel_binding.py"], "moe-megakernel"),
@@ -40,7 +42,7 @@ KERNEL_CHECKS = {
 }
 NEEDS_GXX = ("moe_int4_tune.py", "dense_wvsplitk_n1_tune.py", "moe_megakernel_cfg.py")
 # a gfx1100 device build (Debian's hipcc, ci/install_hip.sh)
-NEEDS_HIPCC = ("moe_int4_dot2.py", "moe_int4_bf16_dequant.py")
+NEEDS_HIPCC = ("moe_int4_dot2.py", "moe_int4_bf16_dequant.py", "moe_int4_bf16_sub_nocanon.py")
 
 
 def _series() -> dict:
@@ -82,6 +84,8 @@ def test_claims_are_measured_pairs():
     assert ("kernel:moe_gemm1", 75.0, 66.4) in pairs and ("kernel:moe_gemm2", 47.0, 40.4) in pairs  # dot2
     assert ("tpot", 14.20, 13.88) in pairs and ("ttft", 278, 251) in pairs and ("ttft", 250, 246) in pairs
     assert ("tpot", 15.11, 14.74) in pairs  # the bf16 marlin-style dequant
+    assert ("tpot", 14.63, 14.21) in pairs and ("kernel:moe_gemm1", 75.0, 72.0) in pairs  # no NaN canonicalisation
+    assert ("kernel:moe_gemm2", 47.0, 41.4) in pairs
     assert not any(m == "kernel:moe_gemm1" and a == 66.4 and b == 79.7 for m, b, a in pairs)
 
 
@@ -184,3 +188,6 @@ def test_check_passes_on_its_prefix_and_fails_before(runtime28, prefix_trees, ei
         assert "v_dot2_f32_bf16 0," in r.stdout  # the scalar fp32 dot before the entry
     if eid == "moe-int4-bf16-dequant":
         assert "v_and_or_b32 0" in r.stdout  # the scalar per-nibble dequant before the entry
+    if eid == "moe-int4-bf16-sub-nocanon":
+        nan = re.search(r"NaN tests (\d+),", r.stdout)  # one per subtracted half (128 a k step) before the entry
+        assert nan and int(nan.group(1)) >= 128, r.stdout[-3000:]
