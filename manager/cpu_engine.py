@@ -53,6 +53,10 @@ CLIENT_EXTRAS = ("pandas", "datasets")
 RECIPE = 1
 STAMP = "vpatch-cpu-engine.json"
 TREE_STAMP = "vpatch-cpu-tree.json"
+# What a tree runtime holds besides the tree's files; a stamp with an older layout is brought up to date
+# when reused. 2: bin/vllm has the `if __name__ == "__main__"` guard (without it `vllm serve` from the
+# script died when the engine core's multiprocessing spawn re-imported it).
+RUNTIME_LAYOUT = 2
 # the paths of a vLLM tree whose changes only a compile would carry into the engine
 COMPILED_RE = re.compile(r"^(csrc/|cmake/|CMakeLists\.txt$|setup\.py$|requirements/(build|cpu)|rust/|Cargo\.)")
 RUNTIME_RE = re.compile(r"^vllm/")
@@ -271,6 +275,25 @@ def _link(src: Path, dst: Path) -> None:
         os.symlink(src, dst)
 
 
+def _write_script(venv: Path, final: Path) -> None:
+    """``venv/bin/vllm``, vLLM's console script, running the venv's python once it sits at ``final``."""
+    script = venv / "bin" / "vllm"
+    script.write_text(f"#!{final / 'venv' / 'bin' / 'python'}\nimport sys\nfrom vllm.entrypoints.cli.main import main\n"
+                      "if __name__ == \"__main__\":\n    sys.exit(main())\n", encoding="utf-8")
+    script.chmod(0o755)
+
+
+def upgrade_layout(d: Path, st: dict) -> dict:
+    """The stamp of the runtime in ``d``, brought to :data:`RUNTIME_LAYOUT` (rewriting what changed since
+    its layout) so that a runtime made by an older vpatch is not used with a known bug."""
+    if st.get("layout", 1) >= RUNTIME_LAYOUT:
+        return st
+    _write_script(d / "venv", d)
+    st = {**st, "layout": RUNTIME_LAYOUT}
+    atomic.write_json(d / TREE_STAMP, st)
+    return st
+
+
 def make_tree_runtime(git: Git, tree: str, engine: Engine, builds_dir: Path, *, step=None) -> dict:
     """The venv of ``tree``: its vllm/ python, the wheel's .so files beside it, the release's dependencies."""
     d = tree_dir(builds_dir, tree)
@@ -278,7 +301,7 @@ def make_tree_runtime(git: Git, tree: str, engine: Engine, builds_dir: Path, *, 
     with locked(d.parent / f".{tree}.lock", what="cpu tree runtime"):
         st = tree_runtime(builds_dir, tree)
         if st and st.get("engine_root") == str(engine.root):
-            return {**st, "made": False}
+            return {**upgrade_layout(d, st), "made": False}
         t0 = time.monotonic()
         tmp = d.with_name(d.name + f".tmp{os.getpid()}")
         if tmp.exists():
@@ -310,11 +333,8 @@ def make_tree_runtime(git: Git, tree: str, engine: Engine, builds_dir: Path, *, 
         (di / "INSTALLER").write_text("vpatch\n", encoding="utf-8")
         (di / "RECORD").write_text("", encoding="utf-8")
         (di / "direct_url.json").write_text(json.dumps({"url": f"file://{d}", "dir_info": {}}), encoding="utf-8")
-        script = venv / "bin" / "vllm"
-        script.write_text(f"#!{d / 'venv' / 'bin' / 'python'}\nimport sys\nfrom vllm.entrypoints.cli.main import main\n"
-                          "if __name__ == \"__main__\":\n    sys.exit(main())\n", encoding="utf-8")
-        script.chmod(0o755)
-        st = {"tree": tree, "release": engine.release, "engine_root": str(engine.root),
+        _write_script(venv, d)
+        st = {"tree": tree, "release": engine.release, "engine_root": str(engine.root), "layout": RUNTIME_LAYOUT,
               "python": str(d / "venv" / "bin" / "python"), "venv": str(d / "venv"),
               "made_s": round(time.monotonic() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic.write_json(tmp / TREE_STAMP, st)

@@ -59,3 +59,24 @@ def test_effect_on_cpu_per_entry():
     st, why = effect_on_cpu(["vllm/_custom_ops.py", "csrc/rocm/ops.h"])
     assert st == "python" and "csrc/rocm/ops.h" in why  # measured for its python part, the rest named
     assert effect_on_cpu(["docs/x.md", "tests/test_x.py"])[0] == "none"
+
+
+def test_a_runtime_made_before_the_script_guard_gets_it_when_reused(tmp_path):
+    """A cpu tree runtime made by an older vpatch had a `bin/vllm` without the `__main__` guard (`vllm serve`
+    from it died at the engine core's start); reusing it brings the script and the stamp up to date."""
+    import json
+
+    from vpatch.manager.cpu_engine import RUNTIME_LAYOUT, TREE_STAMP, upgrade_layout
+
+    d = tmp_path / "cpu" / "abc"
+    (d / "venv" / "bin").mkdir(parents=True)
+    old_script = "#!/x/python\nimport sys\nfrom vllm.entrypoints.cli.main import main\nsys.exit(main())\n"
+    (d / "venv" / "bin" / "vllm").write_text(old_script)
+    st = {"tree": "abc", "python": str(d / "venv" / "bin" / "python")}
+    (d / TREE_STAMP).write_text(json.dumps(st))
+    got = upgrade_layout(d, st)
+    script = (d / "venv" / "bin" / "vllm").read_text()
+    assert 'if __name__ == "__main__":\n    sys.exit(main())' in script
+    assert script.startswith(f"#!{d / 'venv' / 'bin' / 'python'}\n")
+    assert got["layout"] == RUNTIME_LAYOUT == json.loads((d / TREE_STAMP).read_text())["layout"]
+    assert upgrade_layout(d, got) is got  # up to date: nothing rewritten
