@@ -44,7 +44,7 @@ def main() -> int:
         print(isa)
         return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {rc})"], "")
     dots = len(re.findall(r"^\s*v_dot2_f32_bf16\b", isa, re.M))
-    muls = len(re.findall(r"\bv_(?:dual_)?(?:mul|fma|fmac)_f32\b", isa))
+    muls = len(re.findall(r"\bv_(?:dual_)?(?:mul|fma|fmac)_f32(?:_e32|_e64)?\b", isa))
     print(f"gfx1100 bf16 GEMV: v_dot2_f32_bf16 {dots}, fp32 mul/fma/fmac (VOPD halves too) {muls}")
     failures = [] if dots > 0 else [
         f"the bf16 GEMV has no v_dot2_f32_bf16 ({muls} fp32 mul/fma/fmac): its dot is an fp32 chain"]
