@@ -422,7 +422,7 @@ KERNEL_ENTRIES = ("moe-int4-wvsplitk", "fused-moe-hybrid-w4a16", "moe-int4-bf16-
                   "moe-int4-dot2")
 # the megakernel's tuning steps, laid on top of the overlay (only their csrc/rocm/moe_* hunks)
 MEGA_STEP_ENTRIES = ("moe-megakernel-waves-8", "moe-megakernel-waves-12", "moe-megakernel-waves-16",
-                     "moe-megakernel-achunk-32")
+                     "moe-megakernel-achunk-32", "moe-megakernel-act-sum")
 KERNEL_PATHS = ("vllm/model_executor/layers/fused_moe/fused_moe.py",
                 "vllm/model_executor/layers/fused_moe/experts/hybrid_w4a16_moe.py",
                 "csrc/rocm/moe_*")

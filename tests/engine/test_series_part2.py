@@ -4,7 +4,8 @@ each kernel-side entry's effect check passes on its prefix and fails on the pref
 
 Markers: `vllm` (vpatch apply of the full series, ~10 s with the release repo cached), `venv`
 (the checks run in part 1's python-only v0.28.0 runtime with each prefix tree first on sys.path;
-~14 min on this 2-core machine at load 20-30, 24 check runs then; 30 since moe-int4-bf16-sub-nocanon).
+~14 min on this 2-core machine at load 20-30, 24 check runs then; 30 since moe-int4-bf16-sub-nocanon,
+32 since moe-megakernel-act-sum).
 """
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ KERNEL_CHECKS = {
     "moe-megakernel-achunk-32": (["moe_megakernel_cfg.py", "--min-waves", "16", "--a-chunk", "32"],
                                  "moe-megakernel-waves-16"),
     "moe-megakernel-fuse-silu": (["moe_megakernel_binding.py", "--fuse-silu"], "moe-megakernel-achunk-32"),
+    "moe-megakernel-act-sum": (["moe_megakernel_act_sum.py"], "moe-megakernel-fuse-silu"),
 }
 NEEDS_GXX = ("moe_int4_tune.py", "dense_wvsplitk_n1_tune.py", "moe_megakernel_cfg.py")
 # a gfx1100 device build (Debian's hipcc, ci/install_hip.sh)
-NEEDS_HIPCC = ("moe_int4_dot2.py", "moe_int4_bf16_dequant.py", "moe_int4_bf16_sub_nocanon.py")
+NEEDS_HIPCC = ("moe_int4_dot2.py", "moe_int4_bf16_dequant.py", "moe_int4_bf16_sub_nocanon.py",
+               "moe_megakernel_act_sum.py")
 
 
 def _series() -> dict:
@@ -65,7 +68,8 @@ def test_megakernel_claims_sit_on_the_binding():
     steps = [eid for eid in entries if eid.startswith("moe-megakernel-")]
     chain = [(c["before"], c["after"]) for eid in steps for c in entries[eid]["claims"] if c["metric"] == "tpot"]
     # binding: default chain 13.70 vs the first megakernel 15.13 (slower), then each step's own pair
-    assert chain == [(13.70, 15.13), (15.13, 14.33), (14.33, 14.15), (14.15, 13.79), (13.79, 13.61), (13.59, 13.50)]
+    assert chain == [(13.70, 15.13), (15.13, 14.33), (14.33, 14.15), (14.15, 13.79), (13.79, 13.61), (13.59, 13.50),
+                     (13.48, 13.36)]
     assert entries["moe-megakernel-binding"]["claims"][0]["direction"] == "higher"
     assert all(c.get("gate") == "on" for eid in steps for c in entries[eid]["claims"])
     assert any(c["metric"] == "gsm8k" for c in entries["moe-megakernel-fuse-silu"]["claims"])
@@ -86,6 +90,7 @@ def test_claims_are_measured_pairs():
     assert ("tpot", 15.11, 14.74) in pairs  # the bf16 marlin-style dequant
     assert ("tpot", 14.63, 14.21) in pairs and ("kernel:moe_gemm1", 75.0, 72.0) in pairs  # no NaN canonicalisation
     assert ("kernel:moe_gemm2", 47.0, 41.4) in pairs
+    assert ("tpot", 13.48, 13.36) in pairs  # the megakernel's activation-sum correction
     assert not any(m == "kernel:moe_gemm1" and a == 66.4 and b == 79.7 for m, b, a in pairs)
 
 
@@ -191,3 +196,6 @@ def test_check_passes_on_its_prefix_and_fails_before(runtime28, prefix_trees, ei
     if eid == "moe-int4-bf16-sub-nocanon":
         nan = re.search(r"NaN tests (\d+),", r.stdout)  # one per subtracted half (128 a k step) before the entry
         assert nan and int(nan.group(1)) >= 128, r.stdout[-3000:]
+    if eid == "moe-megakernel-act-sum":
+        sub = re.search(r"fp32 subtracts of 136 (\d+),", r.stdout)  # one per weight (256 a k step) before the entry
+        assert sub and int(sub.group(1)) >= 256, r.stdout[-3000:]

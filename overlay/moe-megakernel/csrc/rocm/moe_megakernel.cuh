@@ -23,6 +23,44 @@ namespace vllm_moe_int4 {
 // Per-workgroup partial slab: top_k * per-block m-rows floats (8 KB).
 constexpr int MEGA_PARTIAL_LDS_FLOATS = 2048;
 
+// (128 + q) - 136 for a packed pair of dequantised bf16 weights: each half
+// widened to fp32, subtracted and rounded back to bf16 (round half to even by
+// hand). The results are integers in -8..7, never a NaN, so there is no NaN
+// test (what __hsub2 would add on gfx11).
+__device__ __forceinline__ uint32_t bf16x2_dequant_sub_finite(uint32_t a,
+                                                              uint32_t b) {
+  const uint32_t lo = __float_as_uint(bf16_lo(a) - bf16_lo(b));
+  const uint32_t hi = __float_as_uint(bf16_hi(a) - bf16_hi(b));
+  return ((lo + 0x7FFFu + ((lo >> 16) & 1u)) >> 16) |
+         ((hi + 0x7FFFu + ((hi >> 16) & 1u)) & 0xFFFF0000u);
+}
+
+// The megakernel's chunk dot: fp16 as the GEMV's int4_chunk_dot; bf16 with
+// the 128 + 8 offset subtracted from each (128 + q) pair before the dot.
+template <typename scalar_t, int A_CHUNK>
+__device__ __forceinline__ float mega_chunk_dot(const uint32_t* a,
+                                                const uint32_t* w) {
+  if constexpr (std::is_same_v<scalar_t, __half>) {
+    return int4_chunk_dot<scalar_t, A_CHUNK>(a, w, 0.0f);
+  } else {
+    constexpr uint32_t MAGIC = 0x43004300u;  // bf16 (128, 128)
+    constexpr uint32_t BIAS = 0x43084308u;   // bf16 (136, 136)
+    float partial = 0.0f;
+#pragma unroll
+    for (int i = 0; i < A_CHUNK / 8; i++) {
+      uint32_t q = w[i];
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const uint32_t d =
+            bf16x2_dequant_sub_finite((q & 0x000F000Fu) | MAGIC, BIAS);
+        partial = dot2_bf16(a[i * 4 + j], d, partial);
+        q >>= 4;
+      }
+    }
+    return partial;
+  }
+}
+
 template <typename scalar_t, int THRDS, int YTILE, int WvPrGrp, int A_CHUNK,
           int UNRL, int GROUP_SIZE, int LDS_ELEMS, bool FUSE_SILU>
 __global__ void __launch_bounds__(WvPrGrp* THRDS)
@@ -107,12 +145,11 @@ __global__ void __launch_bounds__(WvPrGrp* THRDS)
             a[i * 4 + 2] = v.z;
             a[i * 4 + 3] = v.w;
           }
-          const float act_sum = chunk_act_sum<scalar_t, A_CHUNK>(a);
           const int g = k_ / GROUP_SIZE;
 #pragma unroll
           for (int y = 0; y < YTILE; y++)
             sum[y] += num<scalar_t>::to_f(Se[(m + y) * num_groups + g]) *
-                      int4_chunk_dot<scalar_t, A_CHUNK>(a, w[k2][y], act_sum);
+                      mega_chunk_dot<scalar_t, A_CHUNK>(a, w[k2][y]);
         }
       }
 #pragma unroll
