@@ -20,6 +20,14 @@ from .series import ID_RE, Series
 from .workspace import Workspace, overlay_files
 
 
+
+def _multiline(text: str):
+    """``text`` as a TOML multi-line string that starts on the line after its opening quotes. TOML drops
+    that first newline when reading; writing it into the value instead (as before) put a blank line at
+    the start of every message refresh wrote back."""
+    quoted = tomlkit.string(text, multiline=True).as_string()  # '"""' + escaped text + '"""'
+    return tomlkit.parse('x = """\n' + quoted[3:])["x"]
+
 def reorder(series_ids: list[str], ws_ids: list[str]) -> list[str]:
     """New series order (pure): entries in the workspace take the workspace's order, in the slots the
     workspace's entries held; the others stay right after the entry they followed; new ids come in
@@ -157,7 +165,7 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
                     if title.strip() != entry.title:
                         t["title"] = title.strip()
                     if (body.strip() or None) != ((entry.message or "").strip() or None):
-                        t["message"] = tomlkit.string("\n" + body.strip(), multiline=True) if body.strip() else ""
+                        t["message"] = _multiline(body.strip()) if body.strip() else ""
                         if not body.strip():
                             del t["message"]
         old_order = [t["id"] for t in aot]

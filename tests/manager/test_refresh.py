@@ -160,3 +160,23 @@ def test_refresh_refuses_a_workspace_on_another_base(tmp_path, upstream, vp):
     r = vp(s.root, "refresh", "--all")
     assert r.rc == 1 and "pinned to v1.0.0" in r.err and "vpatch rebase --onto v1.1.0" in r.err
     assert s.snapshot() == before
+
+
+def test_an_overlay_message_edited_in_the_workspace_is_written_back_as_it_reads(three_entries, vp):
+    """An overlay's commit message edited in the workspace goes back into series.toml's `message`, a
+    multi-line string that reads back as the body itself: no blank line put in front of it."""
+    import tomllib
+
+    s = three_entries
+    assert vp(s.root, "apply").rc == 0
+    ws = ws_of(s)
+    git(ws, "checkout", "-q", "HEAD~1")  # the overlay commit
+    trailers = git(ws, "show", "-s", "--format=%(trailers)", "HEAD")
+    git(ws, "commit", "-q", "--amend", "-m", f'ov title\n\nWhy: the kernel "fast" path.\nSecond line.\n\n{trailers}')
+    new_ov = git(ws, "rev-parse", "HEAD")
+    git(ws, "checkout", "-q", "vpatch/v1.0.0")
+    git(ws, "rebase", "-q", "--onto", new_ov, "HEAD~1")
+    assert vp(s.root, "refresh", "ov").rc == 0, "refresh failed"
+    ov = next(e for e in tomllib.loads(s.series.read_text())["entry"] if e["id"] == "ov")
+    assert ov["message"] == 'Why: the kernel "fast" path.\nSecond line.'
+    assert vp(s.root, "refresh", "ov").rc == 0 and vp(s.root, "--json", "status").json["entries"][1]["sync"] == "in-sync"
