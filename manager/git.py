@@ -190,7 +190,7 @@ class CatFile:
         self._g = g
 
     def read(self, specs: list[str]) -> list[bytes | None]:
-        """The contents of ``specs`` (``<rev>:<path>`` or object ids); None where missing or not a blob."""
+        """The contents of ``specs`` (``<rev>:<path>`` or object ids); None where missing or ambiguous."""
         if any("\n" in s for s in specs):  # cannot go on one batch line: one-shot process
             return self._g.read_blobs_once(specs)
         if self._proc is None:
