@@ -72,6 +72,33 @@ def _hip_bitcode() -> list[str]:
     return []
 
 
+def rocm_hip() -> tuple[Path, str] | None:
+    """(the tree's ``csrc/rocm``, hipcc) when vLLM imports and hipcc is there; None (after printing why: the
+    caller exits 2, the check could not run) otherwise. The HIP twin of :func:`rocm_sources`."""
+    try:
+        rocm = vllm_tree() / "csrc" / "rocm"
+    except Exception as e:
+        print(f"ERROR: cannot import vLLM: {type(e).__name__}: {e}")
+        return None
+    hip = hipcc()
+    if hip is None:
+        print("ERROR: no hipcc (apt-get install -y --no-install-recommends hipcc rocm-device-libs)")
+        return None
+    return rocm, hip
+
+
+def gfx1100_isa(hip: str, source: str, rocm: Path, *, what: str, prefix: str) -> str | int:
+    """The gfx1100 ISA of ``source`` (see :func:`hip_device_asm`), or, when hipcc fails, the check's exit
+    status after printing hipcc's output and the FAIL verdict naming ``what``."""
+    from _scope import verdict
+
+    rc, isa = hip_device_asm(hip, source, rocm, prefix=prefix)
+    if rc != 0:
+        print(isa)
+        return verdict([f"hipcc could not build the {what} for gfx1100 (exit {rc})"], "")
+    return isa
+
+
 def hip_device_asm(hip: str, source: str, include_dir: Path, *, arch: str = "gfx1100",
                    prefix: str = "vpatch-hip-") -> tuple[int, str]:
     """Compile ``source`` (HIP) for ``arch``, device code only: (0, its ISA text), or (hipcc's exit code, the

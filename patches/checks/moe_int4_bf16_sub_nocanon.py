@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from _cxx import hip_device_asm, hipcc, vllm_tree
+from _cxx import gfx1100_isa, rocm_hip
 from _scope import announce, verdict
 from moe_int4_bf16_dequant import INST, NIBBLES, _count
 
@@ -33,22 +33,16 @@ def nan_tests(isa: str) -> int:
 
 def main() -> int:
     announce("moe-int4-bf16-sub-nocanon", COVERS, CANNOT)
-    try:
-        rocm = vllm_tree() / "csrc" / "rocm"
-    except Exception as e:
-        print(f"ERROR: cannot import vLLM: {type(e).__name__}: {e}")
+    found = rocm_hip()
+    if found is None:
         return 2
-    hip = hipcc()
-    if hip is None:
-        print("ERROR: no hipcc (apt-get install -y --no-install-recommends hipcc rocm-device-libs)")
-        return 2
+    rocm, hip = found
     header = rocm / "moe_wvsplitk_int4.cuh"
     if not header.is_file():
         return verdict([f"no {header.name} in {rocm}: the MoE int4 GEMV is not in this tree"], "")
-    rc, isa = hip_device_asm(hip, INST, rocm, prefix="vpatch-bf16-sub-nocanon-")
-    if rc != 0:
-        print(isa)
-        return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {rc})"], "")
+    isa = gfx1100_isa(hip, INST, rocm, what="bf16 GEMV", prefix="vpatch-bf16-sub-nocanon-")
+    if isinstance(isa, int):
+        return isa
     nan = nan_tests(isa)
     rtne = len(re.findall(r"\bv_add3_u32(?:_e64)?\s+[^\n]*0x7fff\b", isa))
     print(f"gfx1100 bf16 GEMV ({NIBBLES} weights per k step): NaN tests {nan}, round-to-nearest-even adds "

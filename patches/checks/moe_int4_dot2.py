@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from _cxx import hip_device_asm, hipcc, vllm_tree
+from _cxx import gfx1100_isa, rocm_hip
 from _scope import announce, verdict
 
 COVERS = [
@@ -27,22 +27,16 @@ INST = ('#include "moe_wvsplitk_int4.cuh"\nnamespace vllm_moe_int4 {\n'
 
 def main() -> int:
     announce("moe-int4-dot2", COVERS, CANNOT)
-    try:
-        rocm = vllm_tree() / "csrc" / "rocm"
-    except Exception as e:
-        print(f"ERROR: cannot import vLLM: {type(e).__name__}: {e}")
+    found = rocm_hip()
+    if found is None:
         return 2
-    hip = hipcc()
-    if hip is None:
-        print("ERROR: no hipcc (apt-get install -y --no-install-recommends hipcc rocm-device-libs)")
-        return 2
+    rocm, hip = found
     header = rocm / "moe_wvsplitk_int4.cuh"
     if not header.is_file():
         return verdict([f"no {header.name} in {rocm}: the MoE int4 GEMV is not in this tree"], "")
-    rc, isa = hip_device_asm(hip, INST, rocm, prefix="vpatch-dot2-")
-    if rc != 0:
-        print(isa)
-        return verdict([f"hipcc could not build the bf16 GEMV for gfx1100 (exit {rc})"], "")
+    isa = gfx1100_isa(hip, INST, rocm, what="bf16 GEMV", prefix="vpatch-dot2-")
+    if isinstance(isa, int):
+        return isa
     dots = len(re.findall(r"^\s*v_dot2_f32_bf16\b", isa, re.M))
     muls = len(re.findall(r"\bv_(?:dual_)?(?:mul|fma|fmac)_f32(?:_e32|_e64)?\b", isa))
     print(f"gfx1100 bf16 GEMV: v_dot2_f32_bf16 {dots}, fp32 mul/fma/fmac (VOPD halves too) {muls}")

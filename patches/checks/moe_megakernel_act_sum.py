@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from _cxx import hip_device_asm, hipcc, vllm_tree
+from _cxx import gfx1100_isa, rocm_hip
 from _scope import announce, verdict
 from moe_int4_bf16_dequant import _count
 
@@ -43,15 +43,10 @@ def with_neg_136(isa: str, name: str) -> int:
 
 def main() -> int:
     announce("moe-megakernel-act-sum", COVERS, CANNOT)
-    try:
-        rocm = vllm_tree() / "csrc" / "rocm"
-    except Exception as e:
-        print(f"ERROR: cannot import vLLM: {type(e).__name__}: {e}")
+    found = rocm_hip()
+    if found is None:
         return 2
-    hip = hipcc()
-    if hip is None:
-        print("ERROR: no hipcc (apt-get install -y --no-install-recommends hipcc rocm-device-libs)")
-        return 2
+    rocm, hip = found
     header, cfg = rocm / "moe_megakernel.cuh", rocm / "moe_megakernel_cfg.h"
     if not header.is_file() or not cfg.is_file():
         return verdict([f"no {header.name} / {cfg.name} in {rocm}: the MoE megakernel is not in this tree"], "")
@@ -60,10 +55,9 @@ def main() -> int:
         return verdict([f"no kMegaCfg = {{thrds, ytile, wvprgrp, a_chunk, unrl}} in {cfg}"], "")
     _, ytile, waves, a_chunk, unrl = lc
     weights = ytile * unrl * a_chunk  # dequantised per step of the kernel's k loop
-    rc, isa = hip_device_asm(hip, INST, rocm, prefix="vpatch-mega-act-sum-")
-    if rc != 0:
-        print(isa)
-        return verdict([f"hipcc could not build the bf16 megakernel for gfx1100 (exit {rc})"], "")
+    isa = gfx1100_isa(hip, INST, rocm, what="bf16 megakernel", prefix="vpatch-mega-act-sum-")
+    if isinstance(isa, int):
+        return isa
     sub = with_neg_136(isa, "add_f32") + with_neg_136(isa, "sub_f32")
     rtne = len(re.findall(r"\bv_add3_u32(?:_e64)?\s+[^\n]*0x7fff\b", isa))
     fma = with_neg_136(isa, "fmac_f32") + with_neg_136(isa, "fma_f32") + with_neg_136(isa, "fmamk_f32")
