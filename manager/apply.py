@@ -214,8 +214,8 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
     # or `skip` committed on HEAD (or anything else), HEAD is where to go on from
     if not tip or tip == head or not g.run("merge-base", "--is-ancestor", head, tip, check=False).ok:
         tip = head
-    fast = IndexOnly(ws, tip, op["branch"])
-    reader = CatFile(g)  # one cat-file process for every entry's Python files (pycheck)
+    reader = CatFile(g)  # one cat-file process for the run: the in-process apply's objects, pycheck's files
+    fast = IndexOnly(ws, tip, op["branch"], reader)
     try:
         with output.progress(f"applying onto {op['base']}", total=total) as step:
             while op["todo"]:

@@ -12,6 +12,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import VpatchError
 
@@ -226,6 +227,40 @@ class CatFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ObjectStore:
+    """Objects read through a :class:`CatFile` and written as loose objects by gitdb (GitPython's object
+    database, its ``LooseObjectDB``: zlib, a temporary file, one rename), for the in-process apply
+    (``manager/treepatch.py``). Objects are immutable, so what was read or written is kept in memory."""
+
+    def __init__(self, g: Git, reader: CatFile):
+        self._g, self._reader = g, reader
+        self._db: Any = None  # gitdb's LooseObjectDB, made on the first write
+        self._seen: dict[str, bytes] = {}
+
+    def read(self, sha: str) -> bytes | None:
+        if sha not in self._seen:
+            data = self._reader.read([sha])[0]
+            if data is None:
+                return None
+            self._seen[sha] = data
+        return self._seen[sha]
+
+    def write(self, kind: str, data: bytes) -> str:
+        import io
+
+        from gitdb.base import IStream
+        from gitdb.db.loose import LooseObjectDB
+
+        if self._db is None:
+            common = self._g.git_dir / "commondir"  # a linked worktree keeps its objects in the main .git
+            base = (self._g.git_dir / common.read_text().strip()) if common.is_file() else self._g.git_dir
+            self._db = LooseObjectDB(str(os.environ.get("GIT_OBJECT_DIRECTORY") or base / "objects"))
+        sha = self._db.store(IStream(kind.encode(), len(data), io.BytesIO(data))).hexsha
+        sha = sha.decode() if isinstance(sha, bytes) else sha
+        self._seen[sha] = data
+        return sha
 
 
 class Scratch:
