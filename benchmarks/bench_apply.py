@@ -100,7 +100,7 @@ def main() -> None:
                 shutil.rmtree(c)
             c.mkdir()
             for item in real_cache.iterdir():
-                if item.name != "pycheck":
+                if item.name not in ("pycheck", "git-text"):
                     (c / item.name).symlink_to(item)
             return c
 

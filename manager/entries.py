@@ -42,20 +42,71 @@ class PatchInfo:
 
 
 def parse_patch(path: Path, git: Git) -> PatchInfo:
-    """Split a format-patch file into author, date, message and diff with ``git mailinfo``."""
-    import tempfile  # lazily: `status` imports this module, and tempfile pulls in shutil and random
+    """Split a format-patch file into author, date, message and diff with ``git mailinfo`` (its answer for the
+    same bytes is kept: :func:`_git_text_memo`)."""
+    data = Path(path).read_bytes()
 
-    with tempfile.TemporaryDirectory(prefix="vpatch-mailinfo-") as tmp:
-        msg, patch = Path(tmp) / "msg", Path(tmp) / "patch"
-        out = git.run("mailinfo", "--encoding=UTF-8", str(msg), str(patch), input=Path(path).read_bytes()).out
-        fields = {}
-        for line in out.splitlines():
-            if ": " in line:
-                k, v = line.split(": ", 1)
-                fields[k] = v
-        return PatchInfo(fields.get("Author", ""), fields.get("Email", ""), fields.get("Date", ""),
-                         fields.get("Subject", path.stem), msg.read_text(errors="surrogateescape"),
-                         patch.read_text(errors="surrogateescape"))
+    def mailinfo() -> dict[str, str]:
+        import tempfile  # lazily: `status` imports this module, and tempfile pulls in shutil and random
+
+        with tempfile.TemporaryDirectory(prefix="vpatch-mailinfo-") as tmp:
+            msg, patch = Path(tmp) / "msg", Path(tmp) / "patch"
+            out = git.run("mailinfo", "--encoding=UTF-8", str(msg), str(patch), input=data).out
+            fields = {}
+            for line in out.splitlines():
+                if ": " in line:
+                    k, v = line.split(": ", 1)
+                    fields[k] = v
+            return {"author_name": fields.get("Author", ""), "author_email": fields.get("Email", ""),
+                    "date": fields.get("Date", ""), "subject": fields.get("Subject", path.stem),
+                    "body": msg.read_text(errors="surrogateescape"), "diff": patch.read_text(errors="surrogateescape")}
+
+    f = _git_text_memo("mailinfo", path.stem.encode("utf-8", "surrogateescape") + b"\0" + data, mailinfo)
+    return PatchInfo(f["author_name"], f["author_email"], f["date"], f["subject"], f["body"], f["diff"])
+
+
+_TEXT_MEMO: dict[str, dict[str, str]] = {}
+
+
+def _git_binary_tag() -> str:
+    """Which git binary answered (size and mtime of the first ``git`` on PATH): a new git asks again."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        try:
+            st = os.stat(os.path.join(d or ".", "git"))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            return f"git-{st.st_size}-{st.st_mtime_ns}"
+    return "git-unknown"
+
+
+def _git_text_memo(kind: str, payload: bytes, compute) -> dict[str, str]:
+    """``compute()``'s answer (a dict of strings) for a pure git text command (``mailinfo``,
+    ``interpret-trailers``) on ``payload``, kept in memory and under ``$VPATCH_CACHE/git-text/``: re-applying,
+    rebasing or checking the same entries then spawns no git for their messages (two processes an entry,
+    ~a third of an index-only apply's time). A damaged entry is computed again."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(kind.encode() + b"\0" + payload).hexdigest()
+    if key in _TEXT_MEMO:
+        return _TEXT_MEMO[key]
+    from . import atomic
+    from .context import cache_dir
+
+    f = cache_dir() / "git-text" / _git_binary_tag() / key[:2] / f"{key}.json"
+    try:
+        got = json.loads(f.read_text(errors="surrogateescape"))
+        if not isinstance(got, dict) or not all(isinstance(v, str) for v in got.values()):
+            raise ValueError(f"damaged cache entry {f}")
+    except (OSError, ValueError):
+        got = compute()
+        try:
+            atomic.write_bytes(f, json.dumps(got).encode("utf-8", "surrogateescape"), fsync=False)
+        except OSError:
+            pass  # a read-only cache only costs time
+    _TEXT_MEMO[key] = got
+    return got
 
 
 def new_paths(diff: str) -> list[str] | None:
@@ -118,9 +169,13 @@ def split_author(author: str) -> tuple[str, str]:
 
 
 def with_trailers(git: Git, message: str, entry_id: str, digest: str) -> str:
-    return git.run("interpret-trailers", "--if-exists", "replace",
-                   "--trailer", f"{ENTRY_TRAILER}: {entry_id}", "--trailer", f"{DIGEST_TRAILER}: {digest}",
-                   input=message, strip=False).out
+    def run() -> dict[str, str]:
+        return {"text": git.run("interpret-trailers", "--if-exists", "replace",
+                                "--trailer", f"{ENTRY_TRAILER}: {entry_id}", "--trailer", f"{DIGEST_TRAILER}: {digest}",
+                                input=message, strip=False).out}
+
+    payload = "\0".join((message, entry_id, digest)).encode("utf-8", "surrogateescape")
+    return _git_text_memo("interpret-trailers", payload, run)["text"]
 
 
 def commit(ws: Workspace, message: dict) -> str:

@@ -44,6 +44,29 @@ def test_reapply_keeps_commits_and_is_deterministic(three_entries, vp):
     assert git(ws_of(s), "rev-parse", "HEAD") == head
 
 
+def test_messages_are_read_from_git_once(three_entries, vp, tmp_path):
+    """mailinfo's and interpret-trailers' answers are kept by their input under $VPATCH_CACHE/git-text: a
+    re-apply from the base spawns neither and makes the same commits; a damaged entry is asked again."""
+    s = three_entries
+    env = {"VPATCH_CACHE": str(tmp_path / "cache")}
+
+    def apply(trace: str, *extra: str) -> list[str]:
+        r = vp(s.root, "apply", *extra, env={**env, "GIT_TRACE": str(tmp_path / trace)})
+        assert r.rc == 0, r.err
+        return [line.split()[5] for line in (tmp_path / trace).read_text().splitlines() if "built-in: git" in line]
+
+    first = apply("t1")
+    head = git(ws_of(s), "rev-parse", "HEAD")
+    assert first.count("mailinfo") == 2 and first.count("interpret-trailers") == 3
+    again = apply("t2", "--reset")
+    assert git(ws_of(s), "rev-parse", "HEAD") == head
+    assert "mailinfo" not in again and "interpret-trailers" not in again
+    for f in (tmp_path / "cache" / "git-text").rglob("*.json"):
+        f.write_text("{not json")
+    third = apply("t3", "--reset")
+    assert third.count("mailinfo") == 2 and git(ws_of(s), "rev-parse", "HEAD") == head
+
+
 def test_status_remembers_sync_answers_and_still_sees_an_edit(three_entries, vp, tmp_path):
     """`status` keeps each applied commit's sync answer by (commit, entry digest) in .git/vpatch: a second
     status asks git nothing about the entries (no patch-id), an amended commit is a new key and reads
