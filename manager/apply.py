@@ -216,7 +216,15 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
         tip = head
     reader = CatFile(g)  # one cat-file process for the run: the in-process apply's objects, pycheck's files
     fast = IndexOnly(ws, tip, op["branch"], reader)
+    from .pycheck import Background
+
+    checks = Background(g, reader)
     try:
+        commits = {d["id"]: d.get("commit") for d in op["done"]}
+        # committed by a run killed before their checks were recorded: check them again
+        op["pycheck_pending"] = [e for e in op.get("pycheck_pending", []) if commits.get(e)]
+        for eid in op["pycheck_pending"]:
+            checks.submit(eid, commits[eid])
         with output.progress(f"applying onto {op['base']}", total=total) as step:
             while op["todo"]:
                 eid = op["todo"][0]
@@ -238,13 +246,16 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
                     op["tip"] = fast.tip
                     ws.save_operation(op)
                     step.log(f"[red]✗[/] {eid}: conflict")
+                    _settle(ws, op, checks)
                     _stop(ws, op)
                 op["tip"] = fast.tip
-                _record(ws, op, eid, out, reader)
+                _record(ws, op, eid, out, checks=checks)
                 step.log(_line(eid, out))
                 step.advance(1)
         fast.materialize()
+        _settle(ws, op, checks)
     finally:
+        checks.close()
         reader.close()
         fast.close()
     return _finish(ws, op)
@@ -255,18 +266,43 @@ def _line(eid: str, out: Outcome) -> str:
     return f"{mark} {eid}: {out.result}" + (f" ({out.detail})" if out.detail and out.result != "clean" else "")
 
 
-def _record(ws: Workspace, op: dict, eid: str, out: Outcome, reader: CatFile | None = None) -> None:
+def _record(ws: Workspace, op: dict, eid: str, out: Outcome, checks=None) -> None:
+    """The entry done, saved. Its commit's Python check (broken Python a merge left behind,
+    manager/pycheck.py) is recorded at once, or, with ``checks`` (a :class:`~.pycheck.Background`), runs
+    beside the next entries: the entry is listed in ``pycheck_pending`` until :func:`_settle` records it, so
+    a run killed in between checks it again when it goes on."""
     op["todo"].pop(0)
     op["current"] = None
     rec: dict[str, Any] = {"id": eid, "result": out.result, "commit": out.commit, "detail": out.detail}
-    if out.commit:  # broken Python a merge left behind (manager/pycheck.py), reported on the entry
-        from .pycheck import commit_findings, describe
-        if found := commit_findings(ws.git, out.commit, reader, out.paths):
-            rec["pycheck"] = found
-            output.say(f"[red]![/] {eid}: {describe(found)}")
     op["done"].append(rec)
+    if out.commit:
+        if checks is not None:
+            checks.submit(eid, out.commit, out.paths)
+            op.setdefault("pycheck_pending", []).append(eid)
+        else:
+            from .pycheck import commit_findings
+            _found(rec, commit_findings(ws.git, out.commit))
     if out.result in ("already-upstream", "empty", "skipped"):
         op["skipped"][eid] = f"{out.result}: {out.detail}".rstrip(": ")
+    ws.save_operation(op)
+
+
+def _found(rec: dict, found: list[dict]) -> None:
+    if found:
+        from .pycheck import describe
+        rec["pycheck"] = found
+        output.say(f"[red]![/] {rec['id']}: {describe(found)}")
+
+
+def _settle(ws: Workspace, op: dict, checks) -> None:
+    """Record the Python checks still running (in entry order) and save."""
+    pending = op.get("pycheck_pending") or []
+    if not pending:
+        return
+    recs = {d["id"]: d for d in op["done"]}
+    for eid in pending:
+        _found(recs[eid], checks.result(eid))
+    op["pycheck_pending"] = []
     ws.save_operation(op)
 
 

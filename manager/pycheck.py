@@ -71,24 +71,39 @@ def _cache_tag() -> str:
     return f"py{sys.version_info[0]}{sys.version_info[1]}-pyflakes{pyflakes.__version__}-{digest}"
 
 
-def _cached(data: bytes) -> list[tuple[int, str, str]]:
+def _cache_file(key: str):
+    from .context import cache_dir
+
+    return cache_dir() / "pycheck" / _cache_tag() / key[:2] / f"{key}.json"
+
+
+def _lookup(data: bytes) -> list[tuple[int, str, str]] | None:
+    """The findings of ``data`` if they are in memory or in the cache folder; None if it must be analysed."""
     import json
 
     key = hashlib.sha256(data).hexdigest()
     if key in _MEMO:
         return _MEMO[key]
-    from .context import cache_dir
-
-    f = cache_dir() / "pycheck" / _cache_tag() / key[:2] / f"{key}.json"
     try:
-        got = [(int(a), str(b), str(c)) for a, b, c in json.loads(f.read_text())]
+        got = [(int(a), str(b), str(c)) for a, b, c in json.loads(_cache_file(key).read_text())]
     except (OSError, ValueError, TypeError):  # not cached yet, or a damaged entry: analyse again
+        return None
+    _MEMO[key] = got
+    return got
+
+
+def _cached(data: bytes) -> list[tuple[int, str, str]]:
+    import json
+
+    got = _lookup(data)
+    if got is None:
         got = _analyse(data)
+        key = hashlib.sha256(data).hexdigest()
         try:
-            atomic.write_bytes(f, json.dumps(got).encode(), fsync=False)
+            atomic.write_bytes(_cache_file(key), json.dumps(got).encode(), fsync=False)
         except OSError:
             pass  # a read-only cache only costs time
-    _MEMO[key] = got
+        _MEMO[key] = got
     return got
 
 
@@ -148,10 +163,37 @@ def read_blobs(g, specs: list[str], reader=None) -> list[bytes | None]:
     return reader.read(specs) if reader is not None else g.read_blobs_once(specs)
 
 
+Pair = tuple[str, bytes | None, bytes | None]  # (path, text before the entry or None, text after it)
+
+
 def commit_findings(g, sha: str, reader=None, touched: list[str] | None = None) -> list[dict]:
     """The findings an entry's commit added to the Python files it touches (against its first parent);
     ``reader``: a :class:`~.git.CatFile` to read them through; ``touched``: the paths the commit leaves
     files at, when the caller knows them (the patch it applied), else git's diff-tree says."""
+    return pairs_findings(commit_pairs(g, sha, reader, touched))
+
+
+def pairs_findings(pairs: list[Pair]) -> list[dict]:
+    """The findings each file's ``after`` added to its ``before`` (analysed, or from the cache)."""
+    found: list[Finding] = []
+    for p, before, after in pairs:
+        found += added(p, before, after)
+    return as_dicts(found)
+
+
+def cached_pairs_findings(pairs: list[Pair]) -> list[dict] | None:
+    """:func:`pairs_findings` when every analysis it needs is cached; None when one is not (nothing analysed)."""
+    for _, before, after in pairs:
+        if after is None:
+            continue
+        now = _lookup(after)
+        if now is None or (now and before is not None and _lookup(before) is None):
+            return None
+    return pairs_findings(pairs)
+
+
+def commit_pairs(g, sha: str, reader=None, touched: list[str] | None = None) -> list[Pair]:
+    """The Python files the commit ``sha`` touches, with their texts before and after it."""
     if touched is None:
         out = g.run("diff-tree", "-r", "--no-commit-id", "--name-status", "--no-renames", "-z", f"{sha}^", sha,
                     strip=False, check=False).out
@@ -161,10 +203,7 @@ def commit_findings(g, sha: str, reader=None, touched: list[str] | None = None) 
     if not paths:
         return []
     blobs = read_blobs(g, [f"{sha}^:{p}" for p in paths] + [f"{sha}:{p}" for p in paths], reader)
-    found: list[Finding] = []
-    for i, p in enumerate(paths):
-        found += added(p, blobs[i], blobs[len(paths) + i])
-    return as_dicts(found)
+    return [(p, blobs[i], blobs[len(paths) + i]) for i, p in enumerate(paths)]
 
 
 def blob_findings(g, before: dict[str, str], after: dict[str, str]) -> list[dict]:
@@ -180,3 +219,59 @@ def blob_findings(g, before: dict[str, str], after: dict[str, str]) -> list[dict
     for p in paths:
         found += added(p, old.get(p), new[p])
     return as_dicts(found)
+
+
+# --- beside a run of entries ------------------------------------------------------------------------
+class Background:
+    """The checks of a run's commits, analysed beside it: what the cache answers is answered at once, the
+    rest goes to worker processes (pyflakes over a large vLLM file costs tens of ms, a first apply's largest
+    cost) while the run lays down the next entries; :meth:`result` waits for an entry's answer. On one core
+    (or where a pool cannot start) it is analysed in this process, as before."""
+
+    WORKER_BYTES = 64_000  # ~20 ms of pyflakes here (a 1,500-line vLLM module)
+
+    def __init__(self, g, reader=None):
+        self.g, self.reader = g, reader
+        self._pool = None
+        self._jobs: dict[str, tuple[list[Pair], object]] = {}
+
+    def submit(self, eid: str, sha: str, touched: list[str] | None = None) -> None:
+        pairs = commit_pairs(self.g, sha, self.reader, touched)
+        done = cached_pairs_findings(pairs)
+        if done is None:
+            # a worker costs a Python start (~0.1 s of a core): worth it only for texts pyflakes takes long over
+            big = sum(len(a or b"") + len(b or b"") for _, b, a in pairs) >= self.WORKER_BYTES
+            pool = self._start() if big else None
+            done = pool.submit(pairs_findings, pairs) if pool is not None else pairs_findings(pairs)
+        self._jobs[eid] = (pairs, done)
+
+    def result(self, eid: str) -> list[dict]:
+        pairs, job = self._jobs.pop(eid)
+        if isinstance(job, list):
+            return job
+        try:
+            return job.result()  # type: ignore[attr-defined]
+        except Exception:  # a worker that died (killed, out of memory): analyse here
+            return pairs_findings(pairs)
+
+    def _start(self):
+        import os
+
+        if self._pool is None and (os.cpu_count() or 1) > 1:
+            try:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                # spawned, not forked: a worker must not inherit this process's descriptors (the workspace
+                # lock, the cat-file pipes), so a kill -9 of vpatch frees the lock at once and the workers,
+                # whose task pipe then closes, end by themselves
+                self._pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+            except (OSError, ValueError, ImportError):
+                self._pool = False
+        return self._pool or None
+
+    def close(self) -> None:
+        """Stop the workers (a stop, the end of the run, an error: waits for the one analysis under way)."""
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None

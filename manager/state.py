@@ -89,6 +89,7 @@ class Operation(_Record, kw_only=True):
     backup: str | None = None
     started: float | None = None
     tip: str | None = None  # the last commit the engine made (it may be ahead of HEAD: index-only apply)
+    pycheck_pending: list[str] = []  # entries committed whose Python check has not been recorded yet
 
 
 class BranchInfo(msgspec.Struct, kw_only=True):

@@ -1,6 +1,8 @@
 """Broken Python left by a 3-way merge is reported on its entry: apply, check (real git merges)."""
 from __future__ import annotations
 
+import json
+
 from conftest import SeriesDir, make_patch
 
 from vpatch.manager.pycheck import added, findings
@@ -141,3 +143,44 @@ def test_paths_from_the_patch_are_the_ones_git_lists(tmp_path):
     assert new_paths("diff --git a/x.bin b/x.bin\nindex 1..2 100644\nGIT binary patch\nliteral 3\n") is None
     # a hunk line that looks like a header is content, not a path
     assert "zzz.py" not in (new_paths(patch.replace("+more\n", "++++ b/zzz.py\n")) or [])
+
+
+BIG = "".join(f"def f{i}(x):\n    return x + {i}\n\n\n" for i in range(3000))  # ~100 kB: past WORKER_BYTES
+
+
+def test_large_files_are_checked_by_workers_and_recorded_on_their_entries(tmp_path, upstream, vp):
+    """A clean patch onto a large module that uses a name upstream removed: the check runs in a worker
+    process beside the apply (the text is past WORKER_BYTES) and the finding is on its entry; a run killed
+    before it recorded the checks (``pycheck_pending`` in the state) checks them again when it goes on."""
+    from vpatch.manager.pycheck import Background
+
+    assert len(BIG) >= Background.WORKER_BYTES
+    upstream.write("vllm/big.py", "import os\n" + BIG)
+    upstream.commit("big", tag="v1.0.2")
+    s = SeriesDir(tmp_path / "fork", "v1.0.2", str(upstream.path))
+    s.add_patch("uses-os", make_patch(upstream, {"vllm/big.py": "import os\n" + BIG + "ROOT = os.sep\n"}, "root"))
+    s.add_patch("clash", make_patch(upstream, {"src/a.py": "a = 1\n"}, "a"))
+    upstream.write("vllm/big.py", "\n" + BIG)  # v1.2.1 drops the import: the entry still applies cleanly
+    upstream.write("src/a.py", "a = 2\n")     # and the second entry conflicts
+    upstream.commit("no os", tag="v1.2.1")
+    env = {"VPATCH_CACHE": str(tmp_path / "cache")}
+
+    a = vp(s.root, "--json", "apply", "--base", "v1.2.1", env=env)
+    assert a.rc != 0 and "clash" in a.err + a.out  # stopped at the conflict, the first entry's check recorded
+    ws = s.root / ".vpatch" / "vllm"
+    op_file = ws / ".git" / "vpatch" / "operation.json"
+    op = json.loads(op_file.read_text())
+    done = {d["id"]: d for d in op["done"]}
+    assert done["uses-os"]["result"] == "clean"
+    assert [(f["file"], f["kind"]) for f in done["uses-os"]["pycheck"]] == [("vllm/big.py", "undefined-name")]
+    assert op["pycheck_pending"] == []
+
+    # as if killed after the commit and before the check was recorded
+    del done["uses-os"]["pycheck"]
+    op["pycheck_pending"] = ["uses-os"]
+    op_file.write_text(json.dumps(op))
+    k = vp(s.root, "--json", "skip", env=env)
+    assert k.rc == 0, k.err
+    rec = {d["id"]: d for d in k.json["done"]}["uses-os"]
+    assert [(f["file"], f["kind"], f["message"]) for f in rec["pycheck"]] == [
+        ("vllm/big.py", "undefined-name", "undefined name 'os'")]
