@@ -4,8 +4,8 @@ each kernel-side entry's effect check passes on its prefix and fails on the pref
 
 Markers: `vllm` (vpatch apply of the full series, ~10 s with the release repo cached), `venv`
 (the checks run in part 1's python-only v0.28.0 runtime with each prefix tree first on sys.path;
-~14 min on this 2-core machine at load 20-30, 24 check runs then; 30 since moe-int4-bf16-sub-nocanon,
-32 since moe-megakernel-act-sum).
+~14 min on this 2-core machine at load 20-30 with 24 check runs; 30 since moe-int4-bf16-sub-nocanon,
+32 since moe-megakernel-act-sum, 34 since moe-megakernel's own; 265 s warm here in session 8).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ KERNEL_CHECKS = {
     "moe-int4-dot2": (["moe_int4_dot2.py"], "moe-int4-bf16-sub-nocanon"),
     "dense-wvsplitk-n1-tune": (["dense_wvsplitk_n1_tune.py"], "moe-int4-dot2"),
     "dense-w4a16-prefill-carveouts": (["dense_w4a16_prefill_carveouts.py"], "dense-wvsplitk-n1-tune"),
+    "moe-megakernel": (["moe_megakernel.py"], "dense-w4a16-prefill-carveouts"),
     "moe-megakernel-binding": (["moe_megakernel_binding.py"], "moe-megakernel"),
     "moe-megakernel-waves-8": (["moe_megakernel_cfg.py", "--min-waves", "8"], "moe-megakernel-binding"),
     "moe-megakernel-waves-12": (["moe_megakernel_cfg.py", "--min-waves", "12"], "moe-megakernel-waves-8"),
@@ -45,7 +46,7 @@ KERNEL_CHECKS = {
 NEEDS_GXX = ("moe_int4_tune.py", "dense_wvsplitk_n1_tune.py", "moe_megakernel_cfg.py")
 # a gfx1100 device build (Debian's hipcc, ci/install_hip.sh)
 NEEDS_HIPCC = ("moe_int4_dot2.py", "moe_int4_bf16_dequant.py", "moe_int4_bf16_sub_nocanon.py",
-               "moe_megakernel_act_sum.py")
+               "moe_megakernel_act_sum.py", "moe_megakernel.py")
 
 
 def _series() -> dict:
