@@ -190,7 +190,10 @@ def refresh(ws: Workspace, series: Series, ids: list[str] | None) -> dict:
                 "entries": [c.entry_id for c in applied], "unchanged": not changed_files}
 
 
-def new_entry(ws: Workspace, series: Series, eid: str, title: str, body: str | None, kind: str, area: str) -> dict:
+def new_entry(ws: Workspace, series: Series, eid: str, title: str, body: str | None, kind: str, area: str,
+              author: str | None = None) -> dict:
+    """Commit the staged changes as entry ``eid``. Its author: ``author`` ('Name <email>'), else the series'
+    ``[series].author``, else git's own identity in the workspace."""
     if not ID_RE.match(eid):
         raise VpatchError(f"{eid!r} is not a valid entry id", "lower-case letters, digits, '.', '_' and '-'")
     if eid in series.ids():
@@ -205,7 +208,10 @@ def new_entry(ws: Workspace, series: Series, eid: str, title: str, body: str | N
         if kind == "overlay":
             args += ["--trailer", "Vpatch-Kind: overlay"]
         text = g.run(*args, input=msg, strip=False).out
-        g.run("commit", "--no-verify", "-q", "-F", "-", input=text)
+        who = author or series.header.author
+        if who and not re.match(r"^[^<>]+ <[^<>]*>$", who.strip()):
+            raise VpatchError(f"author {who!r} is not 'Name <email>'", "e.g. --author 'Kernel Dev <kd@fork.example>'")
+        g.run("commit", "--no-verify", "-q", *(["--author", who.strip()] if who else []), "-F", "-", input=text)
         return {"id": eid, "commit": g.head(), "hint": "`vpatch refresh` adds it to the series"}
 
 

@@ -106,6 +106,27 @@ def test_new_entry_then_refresh_adds_it(three_entries, vp):
     assert vp(s.root, "lint").rc == 0
 
 
+def test_new_entry_author_is_the_series_author_unless_given(three_entries, vp):
+    """`vpatch new` takes [series].author (not whoever the workspace's git says), `--author` over both."""
+    s = three_entries
+    s.header += 'author = "Fork Maintainer <fm@fork.invalid>"\n'
+    s.flush()
+    assert vp(s.root, "apply", "--upto", "ov").rc == 0
+    ws = ws_of(s)
+    (ws / "src/b.py").write_text(lines(30, "b").replace("b 1\n", "b 1 gate\n"))
+    git(ws, "add", "src/b.py")
+    assert vp(s.root, "new", "gate-fix", "-t", "gate: use is_cuda_alike").rc == 0
+    assert git(ws, "log", "-1", "--format=%an <%ae>") == "Fork Maintainer <fm@fork.invalid>"
+    (ws / "src/b.py").write_text(lines(30, "b").replace("b 2\n", "b 2 gate\n"))
+    git(ws, "add", "src/b.py")
+    r = vp(s.root, "new", "gate-fix-2", "-t", "gate: two", "--author", "Kernel Dev")
+    assert r.rc == 1 and "is not 'Name <email>'" in r.err
+    assert vp(s.root, "new", "gate-fix-2", "-t", "gate: two", "--author", "Kernel Dev <kd@fork.invalid>").rc == 0
+    assert git(ws, "log", "-1", "--format=%an <%ae>") == "Kernel Dev <kd@fork.invalid>"
+    assert vp(s.root, "refresh", "--all").rc == 0
+    assert "From: Fork Maintainer <fm@fork.invalid>" in (s.root / "patches/gate-fix.patch").read_text()
+
+
 def test_commit_without_entry_trailer_is_refused_by_refresh(three_entries, vp):
     s = three_entries
     assert vp(s.root, "apply").rc == 0
