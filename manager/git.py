@@ -5,6 +5,9 @@ Porcelain is often simpler than GitPython's object API (``git apply --3way``, ``
 spawns git itself with an argv list (never a shell string), an optional environment and stdin,
 and returns exit status and output. GitPython (``Git.repo``) is imported only when a caller needs
 its object model: importing it costs more than a whole ``vpatch status`` (README, "Start-up").
+:class:`ObjectStore` is the one place objects are written without the git binary: the in-process apply
+(``manager/treepatch.py``) writes its blobs, trees and commits through gitdb, GitPython's own object
+database (its import is ~12 ms; all of GitPython's, ~190 ms).
 """
 from __future__ import annotations
 
