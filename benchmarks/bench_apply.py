@@ -7,8 +7,12 @@ with the work tree checked out, and apply the same patch files (the shipped seri
 not merged at the base, up to its first overlay, then synthetic one-line edits of real vLLM files up to
 N patches in all). vpatch does more per entry
 (reverse-apply probe only on failure, trailers, a state file written after every entry for
-abort/continue after a crash), so the ratio says what that safety costs. Prints one table and the
-ratio vpatch/git-am from one run.
+abort/continue after a crash, the broken-Python check), so the ratio says what that safety costs.
+"cold": vpatch's caches of pyflakes findings and of git's message answers (mailinfo, interpret-trailers)
+empty, as on a first apply of these files on a machine; "warm": both filled by an untimed apply first.
+The row "git apply" sends every patch through `git apply --cached` + `write-tree` + `commit-tree`
+(VPATCH_GIT_APPLY=1: the path before the in-process apply). Prints one table and the ratio vpatch/git-am
+from one run.
 """
 from __future__ import annotations
 
@@ -104,9 +108,9 @@ def main() -> None:
                     (c / item.name).symlink_to(item)
             return c
 
-        def vp_apply(ws: Path, cache: Path) -> None:
+        def vp_apply(ws: Path, cache: Path, git_apply: bool = False) -> None:
             sh(sys.executable, "-m", "vpatch.manager.cli.main", "-q", "--workspace", str(ws), "apply", cwd=fork,
-               env={"VPATCH_CACHE": str(cache)})
+               env={"VPATCH_CACHE": str(cache), **({"VPATCH_GIT_APPLY": "1"} if git_apply else {})})
 
         # the warm cache: filled once by an untimed apply into a throw-away workspace, before any timing
         warm_cache = vp_cache("vpcache-warm")
@@ -115,8 +119,10 @@ def main() -> None:
         vp_apply(tmp / "warm", warm_cache)
         shutil.rmtree(tmp / "warm")
 
-        times: dict[str, list[float]] = {"vpatch (pycheck cold)": [], "vpatch (pycheck warm)": [], "git am -3": []}
+        times: dict[str, list[float]] = {"vpatch (cold)": [], "vpatch (warm)": [], "vpatch, git apply (warm)": [],
+                                         "git am -3": []}
         sides = list(times)
+        heads: set[str] = set()  # every vpatch side must make the very same commits
         for r in range(args.repeats):
             for side in sides if r % 2 == 0 else sides[::-1]:
                 ws = tmp / f"ws-{r}"
@@ -126,20 +132,24 @@ def main() -> None:
                     sh("git", "-C", str(ws), "checkout", "-q", "-b", "vpatch/v0.28.0")
                     cache = vp_cache("vpcache-cold") if side.endswith("cold)") else warm_cache
                     t0 = time.perf_counter()
-                    vp_apply(ws, cache)
+                    vp_apply(ws, cache, git_apply="git apply" in side)
+                    heads.add(sh("git", "-C", str(ws), "rev-parse", "HEAD"))
                 else:
                     t0 = time.perf_counter()
                     sh("git", "am", "-q", "-3", *[str(fork / "patches" / f"p{i:03d}.patch") for i in range(len(patches))],
                        cwd=ws, env={"GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"})
                 times[side].append(time.perf_counter() - t0)
                 shutil.rmtree(ws)
+        if len(heads) != 1:
+            raise SystemExit(f"vpatch's sides made different commits: {sorted(heads)}")
         ma = statistics.median(times["git am -3"])
         print(f"patches: {len(patches)} onto vLLM {series.base} (8.5k files), {args.repeats} repeats, medians; "
               f"load average {os.getloadavg()[0]:.1f}")
-        print(f"{'tool':<22}{'median s':>10}{'min s':>9}{'max s':>9}{'per entry ms':>14}{'ratio':>7}")
+        print(f"{'tool':<26}{'median s':>10}{'min s':>9}{'max s':>9}{'per entry ms':>14}{'ratio':>7}")
         for name, ts in times.items():
-            print(f"{name:<22}{statistics.median(ts):>10.2f}{min(ts):>9.2f}{max(ts):>9.2f}"
+            print(f"{name:<26}{statistics.median(ts):>10.2f}{min(ts):>9.2f}{max(ts):>9.2f}"
                   f"{statistics.median(ts) / len(patches) * 1000:>14.0f}{statistics.median(ts) / ma:>7.2f}")
+        print(f"every vpatch side made the same commits (HEAD {next(iter(heads))[:12]})")
 
 
 if __name__ == "__main__":
