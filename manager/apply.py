@@ -15,7 +15,7 @@ from typing import Any
 from pathlib import Path
 
 from . import atomic, output
-from .entries import IndexOnly, Outcome, apply_overlay_entry, apply_patch_entry, commit
+from .entries import IndexOnly, Outcome, apply_overlay_entry, apply_patch_entry, commit, patch_message
 from .errors import StoppedForConflict, WorkspaceError
 from .git import CatFile, Git, run_git
 from .state import StateError
@@ -225,6 +225,7 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
         op["pycheck_pending"] = [e for e in op.get("pycheck_pending", []) if commits.get(e)]
         for eid in op["pycheck_pending"]:
             checks.submit(eid, commits[eid])
+        _prefetch_messages(ws, series, op["todo"])
         with output.progress(f"applying onto {op['base']}", total=total) as step:
             while op["todo"]:
                 eid = op["todo"][0]
@@ -259,6 +260,26 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
         reader.close()
         fast.close()
     return _finish(ws, op)
+
+
+def _prefetch_messages(ws: Workspace, series: Series, todo: list[str]) -> None:
+    """Ask git for every patch entry's message (``mailinfo``, ``interpret-trailers``: two processes an
+    entry, kept by :func:`~.entries.patch_message` once asked) from four threads at once before the first
+    entry: on a first apply the processes then overlap instead of running one after the other. A patch
+    that cannot be read is left for its entry to report, in its turn."""
+    patches = [e for e in (series.get(i) for i in todo) if e.kind == "patch"]
+    if len(patches) < 4:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(entry: Entry) -> None:
+        try:
+            patch_message(ws, series, entry, _digests(series, [entry])[entry.id])
+        except Exception:  # noqa: BLE001 - reported when its entry is applied
+            pass
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(ask, patches))
 
 
 def _line(eid: str, out: Outcome) -> str:

@@ -248,3 +248,5 @@ def test_apply_makes_the_same_commits_as_git_apply_and_spawns_no_git_apply(tmp_p
     spawned = [line.split()[5] for line in trace.read_text().splitlines() if "trace: built-in: git" in line]
     # the three plain entries go in-process; the one made on a longer file needs git's offset search
     assert spawned.count("apply") == 1 and spawned.count("commit-tree") == 1, spawned
+    # each message asked of git once (four threads before the first entry), never again in the loop
+    assert spawned.count("mailinfo") == 4 and spawned.count("interpret-trailers") == 4, spawned
