@@ -222,6 +222,21 @@ def blob_findings(g, before: dict[str, str], after: dict[str, str]) -> list[dict
 
 
 # --- beside a run of entries ------------------------------------------------------------------------
+def _exit_with_parent(parent: int) -> None:
+    """A worker's initializer: end the worker once vpatch is gone. A pool's worker holds both ends of its
+    task queue, so after a kill -9 of vpatch it would wait on that queue for ever."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="vpatch-parent-watch", daemon=True).start()
+
+
 class Background:
     """The checks of a run's commits, analysed beside it: what the cache answers is answered at once, the
     rest goes to worker processes (pyflakes over a large vLLM file costs tens of ms, a first apply's largest
@@ -265,7 +280,8 @@ class Background:
                 # spawned, not forked: a worker must not inherit this process's descriptors (the workspace
                 # lock, the cat-file pipes), so a kill -9 of vpatch frees the lock at once and the workers,
                 # whose task pipe then closes, end by themselves
-                self._pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_exit_with_parent, initargs=(os.getpid(),))
             except (OSError, ValueError, ImportError):
                 self._pool = False
         return self._pool or None

@@ -184,3 +184,34 @@ def test_large_files_are_checked_by_workers_and_recorded_on_their_entries(tmp_pa
     rec = {d["id"]: d for d in k.json["done"]}["uses-os"]
     assert [(f["file"], f["kind"], f["message"]) for f in rec["pycheck"]] == [
         ("vllm/big.py", "undefined-name", "undefined name 'os'")]
+
+
+def test_workers_end_when_vpatch_is_killed(tmp_path):
+    """A kill -9 of vpatch while its pycheck workers live: they end by themselves within seconds (a pool's
+    worker holds both ends of its task queue and would otherwise wait on it for ever)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import os, signal, subprocess
+from vpatch.manager.git import Git
+from vpatch.manager.pycheck import Background
+subprocess.run(["git", "init", "-q", {str(tmp_path)!r}], check=True)
+b = Background(Git({str(tmp_path)!r}))
+b._start().submit(pow, 2, 3).result()  # the pool is up, a worker alive
+print(" ".join(str(p) for p in b._pool._processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "VPATCH_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == -9, r.stderr
+    pids = [int(p) for p in r.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    assert not alive, f"workers {alive} outlived vpatch"
