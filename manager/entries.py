@@ -287,7 +287,6 @@ class IndexOnly:
             return None
         from . import treepatch as tp
 
-        store = self.store
         files = tp.parse(diff.encode("utf-8", "surrogateescape"))
         ident = identity_env(message["author_name"], message["author_email"], message["date"])
         name, email = ident["GIT_AUTHOR_NAME"], ident["GIT_AUTHOR_EMAIL"]
@@ -295,30 +294,10 @@ class IndexOnly:
         if files is None or date is None or not tp.plain_ident(name) or not tp.plain_ident(email):
             return None
         root = self._tip_tree()
-        new_files: list[tuple[str, bytes, bytes | None]] = []  # (path, mode, contents or None: deleted)
-        for f in files:
-            have = tp.tree_entry(store, root, f.path)
-            if f.op == "add":
-                if have is not None or f.mode is None:
-                    return None
-                mode, old = f.mode, b""
-            else:
-                if have is None or have[0] not in tp.BLOB_MODES or (f.mode is not None and f.mode != have[0]):
-                    return None
-                mode, old_blob = have[0], store.read(have[1])
-                if old_blob is None:
-                    return None
-                old = old_blob
-            new = tp.apply_hunks(old, f.hunks)
-            if new is None or (f.op == "delete" and new):
-                return None
-            new_files.append((f.path, mode, None if f.op == "delete" else new))
-        changes: dict[str, tp.Change] = {
-            path: None if data is None else (mode, store.write("blob", data)) for path, mode, data in new_files}
-        tree = tp.edit_tree(store, root, changes)
+        tree = tp.apply_diff(self.store, root, files)
         if tree is None or tree == root:
             return None
-        return store.write("commit", tp.commit_object(tree, self.tip, name, email, date,
+        return self.store.write("commit", tp.commit_object(tree, self.tip, name, email, date,
                                                       cleanup_message(message["text"]))), tree
 
     def materialize(self) -> None:

@@ -182,6 +182,34 @@ def apply_hunks(old: bytes, hunks: tuple[Hunk, ...]) -> bytes | None:
     return b"".join(img)
 
 
+def apply_diff(store: Store, root: str, files: list[FileDiff]) -> str | None:
+    """The tree ``git apply --cached`` + ``write-tree`` make of tree ``root`` and the parsed diff ``files``,
+    its blobs and trees written to ``store``; None where git's first try would miss or git would refuse (a
+    new file that is there, a changed file that is not a plain blob or has another mode). Blobs are written
+    only once every file has applied."""
+    new_files: list[tuple[str, bytes, bytes | None]] = []  # (path, mode, contents or None: deleted)
+    for f in files:
+        have = tree_entry(store, root, f.path)
+        if f.op == "add":
+            if have is not None or f.mode is None:
+                return None
+            mode, old = f.mode, b""
+        else:
+            if have is None or have[0] not in BLOB_MODES or (f.mode is not None and f.mode != have[0]):
+                return None
+            old_blob = store.read(have[1])
+            if old_blob is None:
+                return None
+            mode, old = have[0], old_blob
+        new = apply_hunks(old, f.hunks)
+        if new is None or (f.op == "delete" and new):
+            return None
+        new_files.append((f.path, mode, None if f.op == "delete" else new))
+    changes: dict[str, Change] = {
+        path: None if data is None else (mode, store.write("blob", data)) for path, mode, data in new_files}
+    return edit_tree(store, root, changes)
+
+
 # --- trees ------------------------------------------------------------------------------------------
 
 Entry = tuple[bytes, bytes, bytes]  # (mode, name, binary sha)

@@ -35,24 +35,7 @@ def _with_git(repo: Path, root: str, diff: bytes) -> str | None:
 
 def _in_process(store: ObjectStore, root: str, diff: bytes) -> str | None:
     files = tp.parse(diff)
-    if files is None:
-        return None
-    changes: dict[str, tp.Change] = {}
-    for f in files:
-        have = tp.tree_entry(store, root, f.path)
-        if f.op == "add":
-            if have is not None or f.mode is None:
-                return None
-            mode, old = f.mode, b""
-        else:
-            if have is None or have[0] not in tp.BLOB_MODES or (f.mode is not None and f.mode != have[0]):
-                return None
-            mode, old = have[0], store.read(have[1]) or b""
-        new = tp.apply_hunks(old, f.hunks)
-        if new is None or (f.op == "delete" and new):
-            return None
-        changes[f.path] = None if f.op == "delete" else (mode, store.write("blob", new))
-    return tp.edit_tree(store, root, changes)
+    return None if files is None else tp.apply_diff(store, root, files)
 
 
 @pytest.mark.vllm

@@ -62,30 +62,11 @@ def with_git(repo: Path, diff: str, tmp: Path) -> str | None:
 
 
 def in_process(repo: Path, diff: str) -> str | None:
-    """The same through treepatch, as IndexOnly drives it."""
+    """The same through treepatch (what IndexOnly calls)."""
     g = Git(repo)
     with CatFile(g) as reader:
-        store = ObjectStore(g, reader)
-        root = g.tree_of("HEAD")
         files = tp.parse(diff.encode())
-        if files is None:
-            return None
-        changes: dict[str, tp.Change] = {}
-        for f in files:
-            have = tp.tree_entry(store, root, f.path)
-            if f.op == "add":
-                if have is not None:
-                    return None
-                mode, old = f.mode, b""
-            else:
-                if have is None or (f.mode is not None and f.mode != have[0]):
-                    return None
-                mode, old = have[0], store.read(have[1])
-            new = tp.apply_hunks(old, f.hunks)
-            if new is None or (f.op == "delete" and new):
-                return None
-            changes[f.path] = None if f.op == "delete" else (mode, store.write("blob", new))
-        return tp.edit_tree(store, root, changes)
+        return None if files is None else tp.apply_diff(ObjectStore(g, reader), g.tree_of("HEAD"), files)
 
 
 def edit(rel: str, fn):
