@@ -79,9 +79,12 @@ def _cache_file(key: str):
 
 def _lookup(data: bytes) -> list[tuple[int, str, str]] | None:
     """The findings of ``data`` if they are in memory or in the cache folder; None if it must be analysed."""
+    return _lookup_key(hashlib.sha256(data).hexdigest())
+
+
+def _lookup_key(key: str) -> list[tuple[int, str, str]] | None:
     import json
 
-    key = hashlib.sha256(data).hexdigest()
     if key in _MEMO:
         return _MEMO[key]
     try:
@@ -95,10 +98,10 @@ def _lookup(data: bytes) -> list[tuple[int, str, str]] | None:
 def _cached(data: bytes) -> list[tuple[int, str, str]]:
     import json
 
-    got = _lookup(data)
+    key = hashlib.sha256(data).hexdigest()
+    got = _lookup_key(key)
     if got is None:
         got = _analyse(data)
-        key = hashlib.sha256(data).hexdigest()
         try:
             atomic.write_bytes(_cache_file(key), json.dumps(got).encode(), fsync=False)
         except OSError:
