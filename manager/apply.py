@@ -225,13 +225,14 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
         op["pycheck_pending"] = [e for e in op.get("pycheck_pending", []) if commits.get(e)]
         for eid in op["pycheck_pending"]:
             checks.submit(eid, commits[eid])
-        _prefetch_messages(ws, series, op["todo"])
+        digests = _digests(series, [series.get(i) for i in op["todo"]])  # read once: the prefetch and the loop
+        _prefetch_messages(ws, series, op["todo"], digests)
         with output.progress(f"applying onto {op['base']}", total=total) as step:
             while op["todo"]:
                 eid = op["todo"][0]
                 entry = series.get(eid)
                 step.detail(eid)
-                digest = _digests(series, [entry])[eid]
+                digest = digests[eid]
                 out = fast.try_patch(series, entry, digest) if entry.kind == "patch" else None
                 if out is None:
                     fast.materialize()
@@ -262,7 +263,7 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
     return _finish(ws, op)
 
 
-def _prefetch_messages(ws: Workspace, series: Series, todo: list[str]) -> None:
+def _prefetch_messages(ws: Workspace, series: Series, todo: list[str], digests: dict[str, str]) -> None:
     """Ask git for every patch entry's message (``mailinfo``, ``interpret-trailers``: two processes an
     entry, kept by :func:`~.entries.patch_message` once asked) from four threads at once before the first
     entry: on a first apply the processes then overlap instead of running one after the other. A patch
@@ -274,7 +275,7 @@ def _prefetch_messages(ws: Workspace, series: Series, todo: list[str]) -> None:
 
     def ask(entry: Entry) -> None:
         try:
-            patch_message(ws, series, entry, _digests(series, [entry])[entry.id])
+            patch_message(ws, series, entry, digests[entry.id])
         except Exception:  # noqa: BLE001 - reported when its entry is applied
             pass
 
