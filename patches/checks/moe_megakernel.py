@@ -11,7 +11,7 @@ import re
 
 from _cxx import gfx1100_isa, rocm_hip
 from _scope import announce, verdict
-from moe_megakernel_act_sum import launch
+from moe_megakernel_act_sum import instantiation, launch
 
 COVERS = [
     "csrc/rocm/moe_megakernel.cuh of the tree compiled device-only for gfx1100 with hipcc at the tree's launch "
@@ -24,11 +24,7 @@ CANNOT = [
     "result on a ROCm stand-in); gfx1151 (Debian's clang 15 cannot target it; gfx1100 runs the same code)",
 ]
 SLAB_BYTES = 8192 * 2  # the bf16 activation slab (LDS_ELEMS) the instantiation asks for
-INST = ('#include "moe_megakernel.cuh"\n#include "moe_megakernel_cfg.h"\nnamespace vllm_moe_int4 {\n'
-        "constexpr MegaCfg C = kMegaCfg;\n"
-        "template __global__ void moe_megakernel_gemm2_reduce<bf16_t, C.thrds, C.ytile, C.wvprgrp, C.a_chunk, "
-        "C.unrl, 32, 8192, false>(int, int, const uint32_t*, const bf16_t*, const bf16_t*, const int32_t*, "
-        "const float*, bf16_t*, int);\n}\n")
+INST = instantiation(fuse_silu=False)
 
 
 def _count(isa: str, pattern: str) -> int:

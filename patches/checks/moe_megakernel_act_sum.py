@@ -23,11 +23,18 @@ CANNOT = [
     "it; gfx1100 runs the same dot); the fp16 path (unchanged by the entry)",
 ]
 NEG_136 = "0xc3080000"  # fp32 -136.0
-INST = ('#include "moe_megakernel.cuh"\n#include "moe_megakernel_cfg.h"\nnamespace vllm_moe_int4 {\n'
-        "constexpr MegaCfg C = kMegaCfg;\n"
-        "template __global__ void moe_megakernel_gemm2_reduce<bf16_t, C.thrds, C.ytile, C.wvprgrp, C.a_chunk, "
-        "C.unrl, 32, 8192, true>(int, int, const uint32_t*, const bf16_t*, const bf16_t*, const int32_t*, "
-        "const float*, bf16_t*, int);\n}\n")
+
+
+def instantiation(fuse_silu: bool) -> str:
+    """The bf16 megakernel at the tree's launch (kMegaCfg), group size 32, an 8192-element LDS slab."""
+    return ('#include "moe_megakernel.cuh"\n#include "moe_megakernel_cfg.h"\nnamespace vllm_moe_int4 {\n'
+            "constexpr MegaCfg C = kMegaCfg;\n"
+            "template __global__ void moe_megakernel_gemm2_reduce<bf16_t, C.thrds, C.ytile, C.wvprgrp, C.a_chunk, "
+            f"C.unrl, 32, 8192, {'true' if fuse_silu else 'false'}>(int, int, const uint32_t*, const bf16_t*, "
+            "const bf16_t*, const int32_t*, const float*, bf16_t*, int);\n}\n")
+
+
+INST = instantiation(fuse_silu=True)
 
 
 def launch(cfg_text: str) -> tuple[int, ...] | None:
