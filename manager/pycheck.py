@@ -225,72 +225,208 @@ def blob_findings(g, before: dict[str, str], after: dict[str, str]) -> list[dict
 
 
 # --- beside a run of entries ------------------------------------------------------------------------
-def _exit_with_parent(parent: int) -> None:
-    """A worker's initializer: end the worker once vpatch is gone. A pool's worker holds both ends of its
-    task queue, so after a kill -9 of vpatch it would wait on that queue for ever."""
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``; None at end of file."""
     import os
-    import threading
-    import time
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(0)
+    buf = bytearray()
+    while len(buf) < n:
+        got = os.read(fd, n - len(buf))
+        if not got:
+            return None
+        buf += got
+    return bytes(buf)
 
-    threading.Thread(target=watch, name="vpatch-parent-watch", daemon=True).start()
+
+def _send(fd: int, obj: object) -> None:
+    import os
+    import pickle
+
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _receive(fd: int) -> object | None:
+    import pickle
+
+    head = _read_exact(fd, 8)
+    if head is None:
+        return None
+    body = _read_exact(fd, int.from_bytes(head, "little"))
+    return None if body is None else pickle.loads(body)
+
+
+class _Worker:
+    """One forked copy of vpatch that analyses the pairs it is sent until its job pipe closes.
+
+    Forked, not spawned: it starts in a millisecond with pyflakes already imported (a spawned one needs a
+    Python start, ~0.15 s, and began too late to help a first apply). Right after the fork it closes every
+    descriptor but its two pipes -- the workspace lock (an flock, which a forked child would otherwise hold),
+    the cat-file pipes -- so a kill -9 of vpatch frees the lock at once, and the worker, whose job pipe then
+    reads end-of-file, ends by itself. It ignores SIGINT (vpatch's Ctrl-C closes its pipes) and never runs
+    the collector over what it inherited (``gc.freeze``: a copied GitPython process handle must not be
+    finalised here)."""
+
+    def __init__(self) -> None:
+        import gc
+        import os
+
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
+        _bigger_pipe(job_w)
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except OSError:
+            gc.unfreeze()
+            for fd in (job_r, job_w, res_r, res_w):
+                os.close(fd)
+            raise
+        if pid == 0:  # the worker: never returns
+            code = 1
+            try:
+                _serve(job_r, res_w)
+                code = 0
+            finally:
+                os._exit(code)
+        gc.unfreeze()
+        os.close(job_r)
+        os.close(res_w)
+        self.pid, self._jobs, self._results = pid, job_w, res_r
+        self.sent: list[str] = []  # keys of the jobs sent and not yet answered, in order
+        self.answers: dict[str, list[dict]] = {}
+        self.load = 0  # bytes of text sent and not yet answered
+
+    def send(self, key: str, pairs: list[Pair], size: int) -> None:
+        _send(self._jobs, pairs)
+        self.sent.append(key)
+        self.load += size
+
+    def answer(self, key: str, size: int) -> list[dict]:
+        """The findings of job ``key``, reading the answers before it (a worker answers in order)."""
+        while key not in self.answers:
+            got = _receive(self._results)
+            if got is None:
+                raise OSError(f"pycheck worker {self.pid} ended")
+            self.answers[self.sent.pop(0)] = got  # type: ignore[assignment]
+        self.load -= size
+        return self.answers.pop(key)
+
+    def close(self) -> None:
+        import os
+
+        for fd in (self._jobs, self._results):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # -1: a later send or answer fails (OSError, analysed in vpatch) instead of using whatever file
+        # the freed descriptor numbers are given next
+        self._jobs = self._results = -1
+        if self.pid:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
+
+
+def _bigger_pipe(fd: int) -> None:
+    """A 1 MiB pipe where Linux allows it: a first apply sends ~1 MB of text, which then seldom waits."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass
+
+
+def _serve(jobs: int, results: int) -> None:
+    """A worker's life: keep only its pipes, then answer each job with its findings until the jobs end."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else map(str, range(3, 1024)):
+        fd = int(name)
+        if fd > 2 and fd not in (jobs, results):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    while True:
+        pairs = _receive(jobs)
+        if pairs is None:
+            return
+        try:
+            found: list[dict] | None = pairs_findings(pairs)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - vpatch analyses it itself
+            found = None
+        _send(results, found)
 
 
 class Background:
     """The checks of a run's commits, analysed beside it: what the cache answers is answered at once, the
-    rest goes to worker processes (pyflakes over a large vLLM file costs tens of ms, a first apply's largest
-    cost) while the run lays down the next entries; :meth:`result` waits for an entry's answer. On one core
-    (or where a pool cannot start) it is analysed in this process, as before."""
+    rest goes to forked worker processes (pyflakes over a large vLLM file costs tens of ms; a first apply
+    analyses ~1 MB of text, ~0.3 s) while the run lays down the next entries; :meth:`result` waits for an
+    entry's answer. The workers are forked when the run starts, before it starts any thread; on one core, in
+    a process that already runs threads, or where a fork fails, the texts are analysed in this process."""
 
-    WORKER_BYTES = 64_000  # ~20 ms of pyflakes here (a 1,500-line vLLM module)
+    WORKERS = 2
+    WORKER_BYTES = 4_000  # below this pyflakes takes ~1 ms: sending it costs about as much
 
     def __init__(self, g, reader=None):
         self.g, self.reader = g, reader
-        self._pool = None
-        self._jobs: dict[str, tuple[list[Pair], object]] = {}
+        self._workers: list[_Worker] = self._fork()
+        self._jobs: dict[str, tuple[list[Pair], list[dict] | tuple[_Worker, int]]] = {}
+
+    def _fork(self) -> list[_Worker]:
+        import os
+        import threading
+
+        if (os.cpu_count() or 1) < 2 or threading.active_count() > 1 or not hasattr(os, "fork"):
+            return []
+        workers = []
+        try:
+            for _ in range(self.WORKERS):
+                workers.append(_Worker())
+        except OSError:
+            pass
+        return workers
 
     def submit(self, eid: str, sha: str, touched: list[str] | None = None) -> None:
         pairs = commit_pairs(self.g, sha, self.reader, touched)
         done = cached_pairs_findings(pairs)
         if done is None:
-            # a worker costs a Python start (~0.1 s of a core): worth it only for texts pyflakes takes long over
-            big = sum(len(a or b"") + len(b or b"") for _, b, a in pairs) >= self.WORKER_BYTES
-            pool = self._start() if big else None
-            done = pool.submit(pairs_findings, pairs) if pool is not None else pairs_findings(pairs)
+            size = sum(len(a or b"") + len(b or b"") for _, b, a in pairs)
+            if self._workers and size >= self.WORKER_BYTES:
+                w = min(self._workers, key=lambda w: w.load)
+                try:
+                    w.send(eid, pairs, size)
+                    self._jobs[eid] = (pairs, (w, size))
+                    return
+                except OSError:  # a worker that died: this one is analysed here
+                    self._workers.remove(w)
+                    w.close()
+            done = pairs_findings(pairs)
         self._jobs[eid] = (pairs, done)
 
     def result(self, eid: str) -> list[dict]:
         pairs, job = self._jobs.pop(eid)
         if isinstance(job, list):
             return job
+        w, size = job
         try:
-            return job.result()  # type: ignore[attr-defined]
-        except Exception:  # a worker that died (killed, out of memory): analyse here
-            return pairs_findings(pairs)
-
-    def _start(self):
-        import os
-
-        if self._pool is None and (os.cpu_count() or 1) > 1:
-            try:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-
-                # spawned, not forked: a worker must not inherit this process's descriptors (the workspace
-                # lock, the cat-file pipes), so a kill -9 of vpatch frees the lock at once and the workers,
-                # whose task pipe then closes, end by themselves
-                self._pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_exit_with_parent, initargs=(os.getpid(),))
-            except (OSError, ValueError, ImportError):
-                self._pool = False
-        return self._pool or None
+            got = w.answer(eid, size)
+        except OSError:  # a worker that died (killed, out of memory): analyse here
+            got = None
+        return pairs_findings(pairs) if got is None else got
 
     def close(self) -> None:
-        """Stop the workers (a stop, the end of the run, an error: waits for the one analysis under way)."""
-        if self._pool:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = None
+        """Stop the workers: they end once their job pipes close (after the analysis under way)."""
+        for w in self._workers:
+            w.close()
+        self._workers = []

@@ -187,31 +187,89 @@ def test_large_files_are_checked_by_workers_and_recorded_on_their_entries(tmp_pa
 
 
 def test_workers_end_when_vpatch_is_killed(tmp_path):
-    """A kill -9 of vpatch while its pycheck workers live: they end by themselves within seconds (a pool's
-    worker holds both ends of its task queue and would otherwise wait on it for ever)."""
+    """A kill -9 of vpatch while its pycheck workers live: the workspace lock is free at once (a forked worker
+    must not keep the flock it inherited) and the workers end by themselves within seconds."""
+    import fcntl
     import os
     import subprocess
     import sys
     import time
 
+    lock = tmp_path / "lock"
     script = f"""
-import os, signal, subprocess
+import fcntl, os, signal, subprocess
 from vpatch.manager.git import Git
 from vpatch.manager.pycheck import Background
 subprocess.run(["git", "init", "-q", {str(tmp_path)!r}], check=True)
+fd = os.open({str(lock)!r}, os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 b = Background(Git({str(tmp_path)!r}))
-b._start().submit(pow, 2, 3).result()  # the pool is up, a worker alive
-print(" ".join(str(p) for p in b._pool._processes), flush=True)
+print(" ".join(str(w.pid) for w in b._workers), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "VPATCH_CACHE": str(tmp_path / "cache")})
     assert r.returncode == -9, r.stderr
     pids = [int(p) for p in r.stdout.split()]
-    assert pids
+    assert len(pids) == 2
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a worker holds it
+    finally:
+        os.close(fd)
     deadline = time.monotonic() + 10
     alive = pids
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
         alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
     assert not alive, f"workers {alive} outlived vpatch"
+
+
+def test_forked_workers_answer_the_texts_they_are_sent(tmp_path):
+    """In a process without other threads the texts go to two forked workers: each answer is the
+    finding pyflakes gives for the commit (the cache file written by the worker), answers come back per
+    entry whatever the order asked, and closing reaps the workers."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import json, os, subprocess
+from vpatch.manager.git import Git
+from vpatch.manager.pycheck import Background
+repo = {str(tmp_path / "repo")!r}
+def git(*a):
+    return subprocess.run(["git", "-C", repo, *a], check=True, capture_output=True, text=True).stdout.strip()
+subprocess.run(["git", "init", "-q", repo], check=True)
+git("config", "user.name", "t"); git("config", "user.email", "t@x.invalid")
+git("commit", "-q", "--allow-empty", "-m", "root")
+big = "".join(f"def f{{i}}(x):\\n    return x + {{i}}\\n\\n\\n" for i in range(400))  # ~12 kB each
+shas = []
+for n in range(4):
+    with open(os.path.join(repo, f"m{{n}}.py"), "w") as f:
+        f.write(big + f"ROOT{{n}} = missing{{n}}\\n")
+    git("add", "-A"); git("commit", "-q", "-m", f"c{{n}}")
+    shas.append(git("rev-parse", "HEAD"))
+b = Background(Git(repo))
+pids = [w.pid for w in b._workers]
+for n, sha in enumerate(shas):
+    b.submit(f"e{{n}}", sha)
+sent = sorted(e for e, (_, job) in b._jobs.items() if not isinstance(job, list))
+got = {{e: b.result(e) for e in ["e3", "e1", "e0", "e2"]}}
+b.close()
+reaped = [p for p in pids if not os.path.exists(f"/proc/{{p}}")]
+print(json.dumps({{"pids": pids, "sent": sent, "got": got, "reaped": reaped}}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "VPATCH_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    if (os.cpu_count() or 1) < 2:
+        assert out["pids"] == [] and out["sent"] == []
+        return
+    assert len(out["pids"]) == 2 and out["sent"] == ["e0", "e1", "e2", "e3"]
+    for n in range(4):
+        assert [(f["file"], f["kind"], f["message"]) for f in out["got"][f"e{n}"]] == [
+            (f"m{n}.py", "undefined-name", f"undefined name 'missing{n}'")]
+    assert out["reaped"] == out["pids"]
+    assert len(list((tmp_path / "cache" / "pycheck").rglob("*.json"))) == 4  # written by the workers
