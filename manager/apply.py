@@ -214,6 +214,7 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
     # or `skip` committed on HEAD (or anything else), HEAD is where to go on from
     if not tip or tip == head or not g.run("merge-base", "--is-ancestor", head, tip, check=False).ok:
         tip = head
+    asked: dict = {}
     reader = CatFile(g)  # one cat-file process for the run: the in-process apply's objects, pycheck's files
     fast = IndexOnly(ws, tip, op["branch"], reader)
     from .pycheck import Background
@@ -226,13 +227,15 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
         for eid in op["pycheck_pending"]:
             checks.submit(eid, commits[eid])
         digests = _digests(series, [series.get(i) for i in op["todo"]])  # read once: the prefetch and the loop
-        _prefetch_messages(ws, series, op["todo"], digests)
+        asked = _prefetch_messages(ws, series, op["todo"], digests)
         with output.progress(f"applying onto {op['base']}", total=total) as step:
             while op["todo"]:
                 eid = op["todo"][0]
                 entry = series.get(eid)
                 step.detail(eid)
                 digest = digests[eid]
+                if eid in asked:
+                    asked.pop(eid).result()  # its message asked beside the run: kept, not asked again
                 out = fast.try_patch(series, entry, digest) if entry.kind == "patch" else None
                 if out is None:
                     fast.materialize()
@@ -257,20 +260,23 @@ def run_operation(ws: Workspace, series: Series, op: dict) -> dict:
         fast.materialize()
         _settle(ws, op, checks)
     finally:
+        for f in asked.values():
+            f.cancel()
         checks.close()
         reader.close()
         fast.close()
     return _finish(ws, op)
 
 
-def _prefetch_messages(ws: Workspace, series: Series, todo: list[str], digests: dict[str, str]) -> None:
+def _prefetch_messages(ws: Workspace, series: Series, todo: list[str], digests: dict[str, str]) -> dict:
     """Ask git for every patch entry's message (``mailinfo``, ``interpret-trailers``: two processes an
-    entry, kept by :func:`~.entries.patch_message` once asked) from four threads at once before the first
-    entry: on a first apply the processes then overlap instead of running one after the other. A patch
-    that cannot be read is left for its entry to report, in its turn."""
+    entry, kept by :func:`~.entries.patch_message` once asked) from four threads beside the run: on a first
+    apply the processes overlap the entries before them instead of running one after the other. Returns
+    entry id -> future; the run waits for an entry's future before applying it. A patch that cannot be
+    read is left for its entry to report, in its turn."""
     patches = [e for e in (series.get(i) for i in todo) if e.kind == "patch"]
     if len(patches) < 4:
-        return
+        return {}
     from concurrent.futures import ThreadPoolExecutor
 
     def ask(entry: Entry) -> None:
@@ -279,8 +285,11 @@ def _prefetch_messages(ws: Workspace, series: Series, todo: list[str], digests: 
         except Exception:  # noqa: BLE001 - reported when its entry is applied
             pass
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(ask, patches))
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vpatch-message")
+    try:
+        return {e.id: pool.submit(ask, e) for e in patches}
+    finally:
+        pool.shutdown(wait=False)  # the threads end once the futures are done (or cancelled)
 
 
 def _line(eid: str, out: Outcome) -> str:
