@@ -14,7 +14,8 @@ group, kills it after a delay drawn uniformly up to the command's full duration 
 scenario; from 0.8 × the time `vpatch --help` takes, as Python's start-up alone proves little), then runs ``status`` (must exit 0) and ``abort`` (exit 0, or 1 with "no vpatch operation is in
 progress"). The trial is *recovered* when the workspace (branch, HEAD, refs, index, work tree including
 untracked files, no git lock left) and ``patches/`` + ``overlay/`` equal either the state before the command
-or the state a complete run produces. ``refresh`` keeps no operation record: each file it writes is atomic
+or the state a complete run produces, and no process of the killed command (an orphaned git child, one of
+pycheck's forked workers) is alive 10 s after it. ``refresh`` keeps no operation record: each file it writes is atomic
 and the same as a complete run writes, so its recovery is running ``refresh --all`` again (counted apart).
 
 Prints, per scenario and mode: recovered / trials, how many kills landed while an operation was in flight,
@@ -154,6 +155,27 @@ def diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def _left_behind(sid: int, grace: float = 10.0) -> list[str]:
+    """Processes of the killed command's session (its git children, pycheck's workers) still alive after
+    ``grace`` seconds: each must end by itself once vpatch is gone."""
+    deadline = time.monotonic() + grace
+    while True:
+        alive = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] != "Z":  # session id; zombies are only not reaped yet
+                    alive.append(f"{d} {stat.split('(', 1)[1].split(')', 1)[0]}")
+            except (OSError, IndexError, ValueError):
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
 def trial(tpl: Path, work: Path, scenario: str, mode: str, delay: float, before: dict, complete: dict) -> dict:
     if work.exists():
         shutil.rmtree(work)
@@ -174,6 +196,7 @@ def trial(tpl: Path, work: Path, scenario: str, mode: str, delay: float, before:
     st = vp(work, "status")
     ab = vp(work, "abort")
     ok_cmds = st.returncode == 0 and (ab.returncode == 0 or (ab.returncode == 1 and "no vpatch operation" in ab.stderr))
+    left = _left_behind(proc.pid)
     after = snapshot(work)
     how = "before" if after == before else "complete" if after == complete else None
     if how is None and scenario == "refresh" and ok_cmds:
@@ -181,7 +204,7 @@ def trial(tpl: Path, work: Path, scenario: str, mode: str, delay: float, before:
         after2 = snapshot(work)
         if again.returncode == 0 and after2 == complete:
             how = "complete after re-running refresh"
-    return {"recovered": ok_cmds and how is not None, "how": how, "in_flight": in_flight, "status_rc": st.returncode,
+    return {"recovered": ok_cmds and how is not None and not left, "how": how, "left_behind": left, "in_flight": in_flight, "status_rc": st.returncode,
             "abort_rc": ab.returncode, "abort_err": ab.stderr.strip()[-300:], "status_err": st.stderr.strip()[-300:],
             "diff": diff(before, after)}
 
@@ -252,7 +275,7 @@ def run(trials: int, modes: list[str], scenarios: list[str], seed: int, n_files:
                 if not r["recovered"] or os.environ.get("BENCH_VERBOSE"):
                     say(f"{'ok ' if r['recovered'] else 'FAIL'} {mode:<5} {name:<10} kill at {delay:5.2f}s "
                         f"in_flight={r['in_flight']} how={r['how']} status={r['status_rc']} abort={r['abort_rc']} "
-                        f"diff={r['diff']} {r['abort_err'][:200]!r} {r['status_err'][:200]!r}")
+                        f"diff={r['diff']} left={r['left_behind']} {r['abort_err'][:200]!r} {r['status_err'][:200]!r}")
                 st = _per[mode].setdefault(name, [0, 0, 0])
                 st[0] += r["recovered"]
                 st[1] += 1
