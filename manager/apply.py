@@ -322,7 +322,7 @@ def _found(rec: dict, found: list[dict]) -> None:
     if found:
         from .pycheck import describe
         rec["pycheck"] = found
-        output.say(f"[red]![/] {rec['id']}: {describe(found)}")
+        output.warn(f"[red]![/] {rec['id']}: {describe(found)}")
 
 
 def _settle(ws: Workspace, op: dict, checks) -> None:

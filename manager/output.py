@@ -95,6 +95,11 @@ def say(*args: Any, **kw: Any) -> None:
         human().print(*args, **kw)
 
 
+def warn(*args: Any, **kw: Any) -> None:
+    """Something the user must see even with --quiet (broken Python an entry left behind)."""
+    human().print(*args, **kw)
+
+
 # Plain output without rich, for the commands whose start-up counts (`status`): importing rich's console and
 # table and rendering a table through it cost ~50 ms of a ~180 ms `vpatch status`.
 _ANSI = {"bold": "1", "red": "31", "green": "32", "yellow": "33", "cyan": "36", "white": "37"}
@@ -183,4 +188,6 @@ class Step:
         self._prog.update(self._task, detail=text)
 
     def log(self, *args: Any) -> None:
-        self._prog.console.print(*args)
+        """A line above the bar (an entry applied, a step done): left out with --quiet, like the bar."""
+        if not _state["quiet"]:
+            self._prog.console.print(*args)

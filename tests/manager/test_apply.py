@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,18 @@ def test_apply_one_commit_per_entry_with_trailers(three_entries, vp):
     assert (ws / "src/sub/helper.h").read_text() == "#pragma once\n"
     # the author's date is kept
     assert git(ws, "log", "-1", "--format=%aI", "HEAD~2") == "2026-04-28T10:00:00+02:00"
+
+
+def test_quiet_apply_prints_no_line_per_entry(three_entries, vp):
+    s = three_entries
+    loud = vp(s.root, "apply")
+    assert loud.rc == 0 and all(e in loud.out + loud.err for e in ("one", "ov", "two")), loud.out + loud.err
+    head = git(ws_of(s), "rev-parse", "HEAD")
+    quiet = vp(s.root, "-q", "apply", "--reset")
+    assert quiet.rc == 0, quiet.err
+    said = quiet.out + quiet.err
+    assert not [e for e in ("one", "ov", "two") if re.search(rf"\b{e}\b", said)], said
+    assert git(ws_of(s), "rev-parse", "HEAD") == head  # the same commits, made again
 
 
 def test_reapply_keeps_commits_and_is_deterministic(three_entries, vp):

@@ -55,6 +55,9 @@ def test_duplicate_import_from_a_3way_merge_is_reported_on_its_entry(tmp_path, u
     assert "pycheck" not in done["quiet"]
     a2 = vp(s.root, "apply", "--base", "v1.2.0", "--reset")
     assert "envs-root: broken Python after the merge" in a2.out.replace("\n", "")
+    a3 = vp(s.root, "-q", "apply", "--base", "v1.2.0", "--reset")  # --quiet leaves out progress, not findings
+    assert a3.rc == 0 and "envs-root: broken Python after the merge" in a3.out.replace("\n", "")
+    assert "quiet" not in a3.out + a3.err
 
 
 def test_findings_are_cached_by_text_under_the_cache_folder(tmp_path, monkeypatch):
