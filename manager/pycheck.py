@@ -314,7 +314,10 @@ class _Worker:
         self.load -= size
         return self.answers.pop(key)
 
-    def close(self) -> None:
+    GRACE = 5.0  # seconds a worker has to end after its pipes close (one analysis takes well under one)
+
+    def hang_up(self) -> None:
+        """Close the pipes: the worker reads end-of-file and ends after the analysis under way."""
         import os
 
         for fd in (self._jobs, self._results):
@@ -325,12 +328,33 @@ class _Worker:
         # -1: a later send or answer fails (OSError, analysed in vpatch) instead of using whatever file
         # the freed descriptor numbers are given next
         self._jobs = self._results = -1
-        if self.pid:
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the worker to end until ``deadline`` (time.monotonic), then kill it: a worker that does
+        not end must not keep vpatch from finishing."""
+        import os
+        import signal
+        import time
+
+        while self.pid:
             try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = 0
+                done, _ = os.waitpid(self.pid, os.WNOHANG)
+                if not done and time.monotonic() >= deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    done = self.pid
+            except (ChildProcessError, ProcessLookupError):
+                done = self.pid
+            if done:
+                self.pid = 0
+            else:
+                time.sleep(0.005)
+
+    def close(self) -> None:
+        import time
+
+        self.hang_up()
+        self.reap(time.monotonic() + self.GRACE)
 
 
 def _bigger_pipe(fd: int) -> None:
@@ -426,7 +450,13 @@ class Background:
         return pairs_findings(pairs) if got is None else got
 
     def close(self) -> None:
-        """Stop the workers: they end once their job pipes close (after the analysis under way)."""
+        """Stop the workers: they end once their job pipes close (after the analysis under way); one still
+        alive :attr:`_Worker.GRACE` seconds later is killed."""
+        import time
+
         for w in self._workers:
-            w.close()
+            w.hang_up()
+        deadline = time.monotonic() + _Worker.GRACE
+        for w in self._workers:
+            w.reap(deadline)
         self._workers = []

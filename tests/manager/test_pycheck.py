@@ -276,3 +276,41 @@ print(json.dumps({{"pids": pids, "sent": sent, "got": got, "reaped": reaped}}))
             (f"m{n}.py", "undefined-name", f"undefined name 'missing{n}'")]
     assert out["reaped"] == out["pids"]
     assert len(list((tmp_path / "cache" / "pycheck").rglob("*.json"))) == 4  # written by the workers
+
+
+def test_a_worker_that_does_not_end_is_killed_when_vpatch_closes(tmp_path):
+    """A worker that never ends (hung in an analysis) must not keep vpatch from finishing: close waits its
+    grace, then kills it, and nothing of it is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import json, os, subprocess, time
+from vpatch.manager import pycheck
+from vpatch.manager.git import Git
+subprocess.run(["git", "init", "-q", {str(tmp_path)!r}], check=True)
+pycheck._serve = lambda jobs, results: time.sleep(3600)  # the forked worker runs this: it never ends
+pycheck._Worker.GRACE = 0.5
+b = pycheck.Background(Git({str(tmp_path)!r}))
+pids = [w.pid for w in b._workers]
+t = time.monotonic()
+b.close()
+print(json.dumps({{"pids": pids, "s": time.monotonic() - t, "left": [p for p in pids if os.path.exists(f"/proc/{{p}}")]}}))
+"""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "VPATCH_CACHE": str(tmp_path / "cache")}, start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the workers too: they hold the pipes
+        p.communicate()
+        raise AssertionError("close() did not return within 60 s: it waits for a worker that never ends") from None
+    assert p.returncode == 0, stderr
+    out = json.loads(stdout)
+    if (os.cpu_count() or 1) < 2:
+        assert out["pids"] == []
+        return
+    assert len(out["pids"]) == 2 and out["left"] == [], out
+    assert 0.5 <= out["s"] < 5, out  # one grace for both workers, not one each after the other
