@@ -57,7 +57,22 @@ def git(cwd: Path, *args: str, input: str | None = None, check: bool = True) -> 
 
 
 def vp(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*VPATCH, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    """Run vpatch to its end. Its output goes through files, not pipes, so that a process it leaves behind
+    (a worker that never ends) cannot hold the benchmark up; one that is still alive 10 s after vpatch
+    returned stops the benchmark with its name."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([*VPATCH, *args], cwd=cwd, env=ENV, stdout=out, stderr=err, text=True,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise SystemExit(f"vpatch {' '.join(args)} in {cwd}: still running after 600 s") from None
+        left = _left_behind(proc.pid)
+        if left:
+            raise SystemExit(f"vpatch {' '.join(args)} in {cwd} left processes behind: {left}")
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(proc.args, rc, out.read(), err.read())
 
 
 def _text(i: int, tag: str = "") -> str:
