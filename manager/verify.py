@@ -164,8 +164,10 @@ def run_check(argv: list[str], *, cwd: Path, env: dict, timeout_s: float, log_pa
         if log:
             log.write(f"$ {shlex.join(argv)}\n")
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace",
+            from .children import dies_with_vpatch
+
+            proc = subprocess.Popen(dies_with_vpatch(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
                                     start_new_session=True)
         except OSError as e:
             return CheckRun(command, argv, None, 0.0, False, [f"cannot run {argv[0]}: {e}"],

@@ -206,3 +206,45 @@ def test_group_cpu_seconds_counts_the_work_of_a_process_group_not_its_wall_time(
     finally:
         stop_group(p, grace=1)
         stop_group(idle, grace=1)
+
+
+@pytest.mark.parametrize("how", ["server", "run_logged"])
+def test_a_process_vpatch_started_ends_when_vpatch_is_killed(tmp_path, how):
+    """kill -9 of vpatch (or a second SIGTERM, which ends it at once) never runs the code that stops its
+    servers: the kernel must stop them (PR_SET_PDEATHSIG), or a `vllm serve` keeps a GPU's memory."""
+    import signal
+    import subprocess
+
+    port = free_port()
+    pidfile = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from vpatch.validation.runners.process import Server, run_logged
+        from vpatch.validation.tinymodel import oracle_argv
+        if {how!r} == "server":
+            s = Server(oracle_argv(sys.executable, {port}), port={port}, log=Path({str(tmp_path / 's.log')!r}),
+                       readiness_timeout_s=60, poll_interval_s=0.1).__enter__()
+            Path({str(pidfile)!r}).write_text(str(s.proc.pid))
+        else:
+            run_logged([sys.executable, "-c", "import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"],
+                       log=Path({str(tmp_path / 'r.log')!r}))
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    t0 = time.monotonic()
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() - t0 < 60 and parent.poll() is None:
+        time.sleep(0.05)
+    assert pidfile.exists(), "the process never started"
+    child = int(pidfile.read_text())
+    assert alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    t0 = time.monotonic()
+    while alive(child) and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail(f"{how}: pid {child} outlived the vpatch that started it")
+    if how == "server":
+        assert not http_ok(f"http://127.0.0.1:{port}/health", timeout=1)

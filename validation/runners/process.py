@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vpatch.manager.children import dies_with_vpatch
 from vpatch.manager.errors import VpatchError
 
 
@@ -63,8 +64,8 @@ def run_logged(
     argv = _check_argv(argv)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
-                             cwd=cwd, start_new_session=True)
+        p = subprocess.Popen(dies_with_vpatch(argv), stdout=f, stderr=subprocess.STDOUT,
+                             env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
         try:
             rc = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -170,7 +171,7 @@ class Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "wb")
         try:
-            self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(dies_with_vpatch(argv), stdout=self._logf, stderr=subprocess.STDOUT,
                                          env=dict(self.env) if self.env is not None else None,
                                          cwd=self.cwd, start_new_session=True)
         except OSError as e:
